@@ -1,0 +1,739 @@
+//! `Log`: one partition's segmented log, owned by one core.
+//!
+//! Runs inside the glommio executor of the core that owns the partition; `Log` is `!Send` and
+//! is shared between that core's tasks by `Rc`. All disk I/O goes through the core's io_uring
+//! ring with O_DIRECT.
+//!
+//! ## Written vs durable
+//! - [`Log::append`] validates a batch, assigns its offsets, stamps `baseOffset` and the term, and
+//!   copies it into the write buffers. The offsets are *assigned*; the data is readable at once
+//!   (from memory), but not durable.
+//! - Writes complete in the background; `written_end_offset` advances over them in order.
+//! - [`Log::flush`] makes everything appended before the call durable (fdatasync) and advances
+//!   `flushed_end_offset`. Concurrent callers share one fdatasync (group commit): while one sync
+//!   runs, appends keep filling buffers, and the next flush covers all of them.
+//!
+//! Acknowledge a producer only once `flushed_end_offset` passes its batch.
+//!
+//! ## Concurrency on the core
+//! Borrows of the state are never held across an `.await`. Two semaphores order the async parts:
+//! `io_lock` serializes submitting and reaping writes (so writes are submitted in file order
+//! and reaped in order), and `sync_lock` serializes fdatasync and structural changes (roll,
+//! truncation, retention, compaction swaps). While a structural change runs, `frozen` makes
+//! appends wait.
+//!
+//! ## Failure
+//! A failed write or sync marks the log failed: the unwritten tail is dropped, the log end moves
+//! back to the written end, and every later append or flush returns [`StorageError::Failed`]
+//! until the log is reopened (which runs recovery). A flush never reports data durable that
+//! might not be.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use glommio::io::{DmaFile, OpenOptions};
+use glommio::sync::Semaphore;
+
+use crate::appender::Appender;
+use crate::batch::{self, BatchError, BatchHeader};
+use crate::cache::{BatchCache, CacheLogId};
+use crate::config::{LogConfig, StorageLimits};
+use crate::error::{Result, StorageError};
+use crate::file;
+use crate::index::SegmentIndex;
+use crate::segment::{self, align_down, ReadRange};
+use crate::types::{Clock, Offset, Term, TimestampMs};
+
+/// What `append` assigned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record.
+    pub base_offset: Offset,
+    /// Offset of the last record.
+    pub last_offset: Offset,
+}
+
+/// A sealed segment: immutable until deleted or replaced by compaction.
+pub(crate) struct Segment {
+    pub(crate) path: PathBuf,
+    pub(crate) file: Rc<DmaFile>,
+    pub(crate) index: SegmentIndex,
+}
+
+pub(crate) struct Active {
+    pub(crate) index: SegmentIndex,
+    pub(crate) appender: Appender,
+    pub(crate) opened_ms: TimestampMs,
+}
+
+pub(crate) struct State {
+    pub(crate) sealed: BTreeMap<Offset, Rc<Segment>>,
+    pub(crate) active: Active,
+    pub(crate) start_offset: Offset,
+    pub(crate) next_offset: Offset,
+    pub(crate) written_end: Offset,
+    pub(crate) flushed_end: Offset,
+    /// Appended batches whose writes have not completed: reads of them are served from here.
+    pub(crate) unwritten: VecDeque<(Offset, Offset, Bytes)>,
+    /// (term, first offset) for each term in the log, in order.
+    pub(crate) terms: Vec<(Term, Offset)>,
+    /// Terms recorded in the `terms` checkpoint before their first batch was appended.
+    pub(crate) known_terms: Vec<Term>,
+    pub(crate) frozen: bool,
+    pub(crate) failed: bool,
+}
+
+/// One partition's log. See the module documentation for the contract.
+pub struct Log {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: RefCell<LogConfig>,
+    pub(crate) limits: StorageLimits,
+    pub(crate) clock: Rc<dyn Clock>,
+    pub(crate) cache: Rc<BatchCache>,
+    pub(crate) cache_id: CacheLogId,
+    pub(crate) state: RefCell<State>,
+    pub(crate) io_lock: Semaphore,
+    pub(crate) sync_lock: Semaphore,
+}
+
+/// Marks the log failed if a future holding it is dropped mid-way through reaping a write.
+struct FailOnDrop<'a> {
+    log: &'a Log,
+    armed: Cell<bool>,
+}
+
+impl Drop for FailOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed.get() {
+            self.log.state.borrow_mut().failed = true;
+        }
+    }
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, running recovery: sealed segments load their
+    /// indexes (rebuilt if missing or damaged), the active segment is scanned and any torn or
+    /// invalid tail is cut off.
+    pub async fn open(
+        dir: &Path,
+        config: LogConfig,
+        limits: StorageLimits,
+        cache: Rc<BatchCache>,
+        clock: Rc<dyn Clock>,
+    ) -> Result<Log> {
+        crate::recovery::open(dir, config, limits, cache, clock).await
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The current topic config.
+    pub fn config(&self) -> LogConfig {
+        self.config.borrow().clone()
+    }
+
+    /// Replaces the topic config (AlterConfigs). Takes effect for the next append and the next
+    /// housekeeping pass; existing segments are not rewritten.
+    pub fn set_config(&self, config: LogConfig) {
+        *self.config.borrow_mut() = config;
+    }
+
+    /// First offset still in the log.
+    pub fn start_offset(&self) -> Offset {
+        self.state.borrow().start_offset
+    }
+
+    /// The next offset to be assigned (Kafka's log end offset).
+    pub fn end_offset(&self) -> Offset {
+        self.state.borrow().next_offset
+    }
+
+    /// Every offset below this is written to the file (not necessarily durable).
+    pub fn written_end_offset(&self) -> Offset {
+        self.state.borrow().written_end
+    }
+
+    /// Every offset below this is durable.
+    pub fn flushed_end_offset(&self) -> Offset {
+        self.state.borrow().flushed_end
+    }
+
+    /// True after an I/O error; reopen to recover.
+    pub fn is_failed(&self) -> bool {
+        self.state.borrow().failed
+    }
+
+    /// Number of segments, active included.
+    pub fn segment_count(&self) -> usize {
+        self.state.borrow().sealed.len() + 1
+    }
+
+    /// Bytes of batches in the log.
+    pub fn size_bytes(&self) -> u64 {
+        let st = self.state.borrow();
+        st.sealed.values().map(|s| s.index.size_bytes).sum::<u64>() + st.active.index.size_bytes
+    }
+
+    /// The term of the batch holding `offset`, if the offset is in the log.
+    pub fn term_at(&self, offset: Offset) -> Option<Term> {
+        let st = self.state.borrow();
+        if offset < st.start_offset || offset >= st.next_offset {
+            return None;
+        }
+        let i = st.terms.partition_point(|(_, start)| *start <= offset);
+        (i > 0).then(|| st.terms[i - 1].0)
+    }
+
+    /// The last offset and its term, or `None` for an empty log.
+    pub fn last_offset_and_term(&self) -> Option<(Offset, Term)> {
+        let st = self.state.borrow();
+        if st.next_offset <= st.start_offset {
+            return None;
+        }
+        let last = st.next_offset.plus(-1);
+        st.terms.last().map(|(t, _)| (last, *t))
+    }
+
+    /// The terms of the log: (term, first offset), in order (Kafka's leader epoch cache).
+    pub fn terms(&self) -> Vec<(Term, Offset)> {
+        self.state.borrow().terms.clone()
+    }
+
+    /// Validates a batch as a producer sent it, assigns its offsets, stamps them and `term` into
+    /// the header, and queues it for writing. Waits when the in-flight write bound is reached.
+    /// The batch is readable at once and durable after the next [`Log::flush`].
+    pub async fn append(&self, mut batch: BytesMut, term: Term) -> Result<AppendInfo> {
+        let size_bytes_max = self.config.borrow().max_message_bytes;
+        if batch.len() > size_bytes_max {
+            return Err(StorageError::BatchTooLarge {
+                size_bytes: batch.len(),
+                size_bytes_max,
+            });
+        }
+        let declared = batch::declared_size(&batch)?;
+        if declared != batch.len() as i64 {
+            return Err(BatchError::LengthMismatch {
+                declared,
+                actual: batch.len(),
+            }
+            .into());
+        }
+        batch::validate_header(&batch)?;
+        batch::verify_crc(&batch)?;
+        loop {
+            let roll = {
+                let st = self.state.borrow();
+                if st.failed {
+                    return Err(StorageError::Failed);
+                }
+                if st.terms.last().is_some_and(|(t, _)| term < *t) {
+                    return Err(BatchError::BadField("term older than the log's last term").into());
+                }
+                st.frozen || self.needs_roll(&st, batch.len())
+            };
+            if !roll {
+                if self.state.borrow().known_terms.contains(&term) {
+                    break;
+                }
+                self.record_term(term).await?;
+                continue;
+            }
+            self.roll_if_needed(batch.len(), false).await?;
+        }
+        let info = {
+            let mut st = self.state.borrow_mut();
+            let base = st.next_offset;
+            batch::stamp(&mut batch, base, term);
+            let bytes = batch.freeze();
+            let h = BatchHeader::read(&bytes);
+            let last = h.last_offset();
+            let pos = st.active.appender.end_pos();
+            let interval = self.config.borrow().index_interval_bytes;
+            st.active.index.add(&h, pos, interval);
+            st.active.appender.copy_in(&bytes, last);
+            if st.terms.last().map(|t| t.0) != Some(term) {
+                st.terms.push((term, base));
+            }
+            st.next_offset = last.plus(1);
+            st.unwritten.push_back((base, last, bytes.clone()));
+            self.cache.insert(self.cache_id, base, last, bytes);
+            AppendInfo {
+                base_offset: base,
+                last_offset: last,
+            }
+        };
+        self.submit_ready().await?;
+        Ok(info)
+    }
+
+    /// Adds `term` to the durable `terms` checkpoint before its first batch is appended, so
+    /// that recovery can reject a batch whose (CRC-uncovered) term field was damaged into a
+    /// term the log never had. Runs once per leader change.
+    async fn record_term(&self, term: Term) -> Result<()> {
+        let _sync = self.sync_lock.acquire_permit(1).await.map_err(closed)?;
+        let mut terms = self.state.borrow().known_terms.clone();
+        if terms.contains(&term) {
+            return Ok(());
+        }
+        terms.push(term);
+        terms.sort();
+        let payload: Vec<u8> = terms.iter().flat_map(|t| t.0.to_be_bytes()).collect();
+        let path = self.dir.join(crate::recovery::TERMS_FILE);
+        file::write_checked(&path, &payload).await?;
+        file::sync_dir(&self.dir).await?;
+        self.state.borrow_mut().known_terms = terms;
+        Ok(())
+    }
+
+    /// Makes every batch appended before this call durable, sharing one fdatasync with
+    /// concurrent callers. Returns the flushed end offset.
+    pub async fn flush(&self) -> Result<Offset> {
+        let target = {
+            let st = self.state.borrow();
+            if st.failed {
+                return Err(StorageError::Failed);
+            }
+            if st.flushed_end >= st.next_offset {
+                return Ok(st.flushed_end);
+            }
+            st.next_offset
+        };
+        let _sync = self.sync_lock.acquire_permit(1).await.map_err(closed)?;
+        {
+            let st = self.state.borrow();
+            if st.failed {
+                return Err(StorageError::Failed);
+            }
+            if st.flushed_end >= target {
+                return Ok(st.flushed_end);
+            }
+        }
+        self.sync_active().await
+    }
+
+    /// Writes out everything buffered and fdatasyncs the active segment. Caller holds
+    /// `sync_lock`.
+    async fn sync_active(&self) -> Result<Offset> {
+        let (file, path, end) = {
+            let _io = self.io_lock.acquire_permit(1).await.map_err(closed)?;
+            self.state.borrow_mut().active.appender.seal_partial();
+            self.submit_locked().await?;
+            self.drain_locked(0).await?;
+            let st = self.state.borrow();
+            let a = &st.active.appender;
+            (a.file().clone(), a.path().clone(), st.written_end)
+        };
+        if let Err(e) = file.fdatasync().await {
+            return Err(self.fail(StorageError::glommio("syncing segment", path, e)));
+        }
+        let mut st = self.state.borrow_mut();
+        if end > st.flushed_end {
+            st.flushed_end = end;
+        }
+        Ok(st.flushed_end)
+    }
+
+    /// Submits ready writes in order, respecting the in-flight bound and the tail-page rule.
+    async fn submit_ready(&self) -> Result<()> {
+        if self.state.borrow().active.appender.peek_ready().is_none() {
+            return Ok(());
+        }
+        let _io = self.io_lock.acquire_permit(1).await.map_err(closed)?;
+        self.submit_locked().await
+    }
+
+    /// [`Log::submit_ready`] for a caller that holds `io_lock`.
+    pub(crate) async fn submit_locked(&self) -> Result<()> {
+        let max = self.limits.write_buffers_in_flight_max.max(1);
+        loop {
+            let keep = {
+                let mut st = self.state.borrow_mut();
+                if st.failed {
+                    return Err(StorageError::Failed);
+                }
+                let a = &mut st.active.appender;
+                let Some(w) = a.peek_ready() else {
+                    return Ok(());
+                };
+                if w.rewrites_previous_page() && a.pending_len() > 0 {
+                    0
+                } else if a.pending_len() >= max {
+                    max - 1
+                } else {
+                    a.submit_next();
+                    continue;
+                }
+            };
+            self.drain_locked(keep).await?;
+        }
+    }
+
+    /// Waits for pending writes, oldest first, until at most `keep` remain. Caller holds
+    /// `io_lock`.
+    pub(crate) async fn drain_locked(&self, keep: usize) -> Result<()> {
+        loop {
+            let w = {
+                let mut st = self.state.borrow_mut();
+                if st.active.appender.pending_len() <= keep {
+                    return Ok(());
+                }
+                st.active.appender.take_oldest()
+            };
+            let Some(w) = w else { return Ok(()) };
+            let guard = FailOnDrop {
+                log: self,
+                armed: Cell::new(true),
+            };
+            let r = w.wait().await;
+            guard.armed.set(false);
+            match r {
+                Ok((end_pos, last)) => {
+                    let mut st = self.state.borrow_mut();
+                    st.active.appender.completed(end_pos);
+                    if let Some(last) = last {
+                        st.written_end = last.plus(1);
+                        while st.unwritten.front().is_some_and(|b| b.1 <= last) {
+                            st.unwritten.pop_front();
+                        }
+                    }
+                }
+                Err(e) => {
+                    let path = self.state.borrow().active.appender.path().clone();
+                    return Err(self.fail(StorageError::io("writing segment", path, e)));
+                }
+            }
+        }
+    }
+
+    /// Marks the log failed after an I/O error and drops what was never written.
+    pub(crate) fn fail(&self, e: StorageError) -> StorageError {
+        tracing::error!(dir = %self.dir.display(), error = %e, "log failed; reopen to recover");
+        let mut st = self.state.borrow_mut();
+        st.failed = true;
+        st.unwritten.clear();
+        let written = st.written_end;
+        st.next_offset = written;
+        self.cache.remove_from(self.cache_id, written);
+        e
+    }
+
+    fn needs_roll(&self, st: &State, incoming_bytes: usize) -> bool {
+        let cfg = self.config.borrow();
+        let idx = &st.active.index;
+        if idx.size_bytes == 0 {
+            return false;
+        }
+        let full = idx.size_bytes + incoming_bytes as u64 > cfg.segment_bytes;
+        let old = self.clock.now_ms().0 - st.active.opened_ms.0 >= cfg.segment_ms;
+        full || old
+    }
+
+    /// Rolls to a new segment if the active one is full or old (or `force`, if non-empty).
+    pub(crate) async fn roll_if_needed(&self, incoming_bytes: usize, force: bool) -> Result<()> {
+        let _sync = self.sync_lock.acquire_permit(1).await.map_err(closed)?;
+        {
+            let st = self.state.borrow();
+            if st.failed {
+                return Err(StorageError::Failed);
+            }
+            let wanted = if force {
+                st.active.index.size_bytes > 0
+            } else {
+                self.needs_roll(&st, incoming_bytes)
+            };
+            if !wanted {
+                return Ok(());
+            }
+        }
+        self.state.borrow_mut().frozen = true;
+        let r = self.roll_locked().await;
+        self.state.borrow_mut().frozen = false;
+        r
+    }
+
+    /// Forces a roll of a non-empty active segment.
+    pub async fn roll(&self) -> Result<()> {
+        self.roll_if_needed(0, true).await
+    }
+
+    async fn roll_locked(&self) -> Result<()> {
+        let new_base = self.state.borrow().next_offset;
+        let new_path = segment::log_path(&self.dir, new_base);
+        // The new file first, under a temporary name: if the disk is full nothing has changed
+        // yet, and if the process dies before the old segment is sealed, recovery deletes the
+        // temporary file and the old segment is still the active one (no gap at the end).
+        let tmp_path = segment::creating_path(&self.dir, new_base);
+        let new_file = self.create_segment_file_at(&tmp_path).await?;
+        let old_end = self.sync_active().await;
+        if let Err(e) = old_end {
+            let _ = new_file.close_rc().await;
+            let _ = file::remove_if_exists(&tmp_path).await;
+            return Err(e);
+        }
+        let (old_file, old_path, old_index) = {
+            let st = self.state.borrow();
+            let a = &st.active.appender;
+            (a.file().clone(), a.path().clone(), st.active.index.clone())
+        };
+        assert!(self.state.borrow().active.appender.is_idle());
+        let sealed = async {
+            old_file
+                .truncate(old_index.size_bytes)
+                .await
+                .map_err(|e| StorageError::glommio("truncating sealed segment", &old_path, e))?;
+            write_index_files(&self.dir, &old_index).await?;
+            new_file
+                .rename(&new_path)
+                .await
+                .map_err(|e| StorageError::glommio("naming new segment", &new_path, e))?;
+            file::sync_dir(&self.dir).await
+        }
+        .await;
+        if let Err(e) = sealed {
+            return Err(self.fail(e));
+        }
+        let now = self.clock.now_ms();
+        let mut st = self.state.borrow_mut();
+        let appender = Appender::new(new_file, new_path, self.limits.write_buffer_bytes, 0, &[]);
+        let old = std::mem::replace(
+            &mut st.active,
+            Active {
+                index: SegmentIndex::new(new_base),
+                appender,
+                opened_ms: now,
+            },
+        );
+        let base = old.index.base_offset;
+        st.sealed.insert(
+            base,
+            Rc::new(Segment {
+                path: old_path,
+                file: old_file,
+                index: old.index,
+            }),
+        );
+        tracing::info!(dir = %self.dir.display(), sealed = %base, new = %new_base, "rolled segment");
+        Ok(())
+    }
+
+    /// Creates and preallocates a segment file at its final name.
+    pub(crate) async fn create_segment_file(&self, base: Offset) -> Result<Rc<DmaFile>> {
+        self.create_segment_file_at(&segment::log_path(&self.dir, base))
+            .await
+    }
+
+    /// Creates and preallocates a segment file at `path`.
+    async fn create_segment_file_at(&self, path: &Path) -> Result<Rc<DmaFile>> {
+        let path = path.to_path_buf();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .dma_open(&path)
+            .await
+            .map_err(|e| StorageError::glommio("creating segment", &path, e))?;
+        let size = self.config.borrow().segment_bytes;
+        if let Err(e) = f.pre_allocate(size, false).await {
+            let _ = f.close().await;
+            let _ = file::remove_if_exists(&path).await;
+            return Err(StorageError::glommio("preallocating segment", &path, e));
+        }
+        Ok(Rc::new(f))
+    }
+
+    /// Reads whole batches starting with the one that holds `from`, stopping before offset
+    /// `end` (pass the high watermark, or `end_offset()`), and once `max_bytes` is reached. At
+    /// least one batch is returned when any is available, even if larger than `max_bytes`
+    /// (Kafka fetch semantics). Reading at the end returns no batch.
+    pub async fn read(&self, from: Offset, max_bytes: usize, end: Offset) -> Result<Vec<Bytes>> {
+        let mut from = from;
+        let (end, written_end) = {
+            let st = self.state.borrow();
+            if from < st.start_offset || from > st.next_offset {
+                return Err(StorageError::OffsetOutOfRange {
+                    requested: from,
+                    start: st.start_offset,
+                    end: st.next_offset,
+                });
+            }
+            (end.min(st.next_offset), st.written_end)
+        };
+        loop {
+            if from >= end {
+                return Ok(Vec::new());
+            }
+            if let Some(hit) = self.cache.read(self.cache_id, from, end, max_bytes) {
+                return Ok(hit);
+            }
+            if from >= written_end {
+                return Ok(self.read_unwritten(from, end, max_bytes));
+            }
+            let (file, path, range, seg_end) = self.plan_disk_read(from, end, max_bytes);
+            let got =
+                segment::read_batches(&file, &path, range, self.limits.read_chunk_bytes).await?;
+            if !got.is_empty() || seg_end >= end {
+                return Ok(got);
+            }
+            // A compacted segment may end in a gap: go on with the next segment.
+            from = seg_end;
+        }
+    }
+
+    fn read_unwritten(&self, from: Offset, end: Offset, max_bytes: usize) -> Vec<Bytes> {
+        let st = self.state.borrow();
+        let mut out = Vec::new();
+        let mut size = 0;
+        for (base, last, bytes) in st.unwritten.iter() {
+            if *last < from {
+                continue;
+            }
+            if *base >= end || (!out.is_empty() && size + bytes.len() > max_bytes) {
+                break;
+            }
+            size += bytes.len();
+            out.push(bytes.clone());
+            if size >= max_bytes {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Picks the segment and byte range for a disk read; returns the segment's end offset too.
+    fn plan_disk_read(
+        &self,
+        from: Offset,
+        end: Offset,
+        max_bytes: usize,
+    ) -> (Rc<DmaFile>, PathBuf, ReadRange, Offset) {
+        let st = self.state.borrow();
+        let active_base = st.active.index.base_offset;
+        let sealed = st.sealed.range(..=from).next_back().map(|(_, s)| s.clone());
+        match sealed {
+            Some(seg) if from < active_base => {
+                let next_base = st
+                    .sealed
+                    .range(seg.index.base_offset.plus(1)..)
+                    .next()
+                    .map_or(active_base, |(b, _)| *b);
+                let (first_base_min, start_pos) = seg.index.entry_for(from);
+                let range = ReadRange {
+                    from,
+                    end,
+                    start_pos,
+                    first_base_min,
+                    last_offset_max: seg.index.last_offset.unwrap_or(Offset(i64::MIN)),
+                    limit_pos: seg.index.size_bytes,
+                    max_bytes,
+                    partial_tail: false,
+                };
+                (seg.file.clone(), seg.path.clone(), range, next_base)
+            }
+            _ => {
+                let a = &st.active.appender;
+                let (first_base_min, start_pos) = st.active.index.entry_for(from);
+                let range = ReadRange {
+                    from,
+                    end,
+                    start_pos,
+                    first_base_min,
+                    last_offset_max: st.next_offset.plus(-1),
+                    limit_pos: a.written_pos(),
+                    max_bytes,
+                    partial_tail: true,
+                };
+                (a.file().clone(), a.path().clone(), range, end)
+            }
+        }
+    }
+
+    /// The first offset whose record timestamp is at or after `ts` (ListOffsets by time), with
+    /// that timestamp. For a compressed batch the batch's base offset is returned.
+    pub async fn offset_for_timestamp(
+        &self,
+        ts: TimestampMs,
+    ) -> Result<Option<(Offset, TimestampMs)>> {
+        let (start, end) = {
+            let st = self.state.borrow();
+            let seg_start = st
+                .sealed
+                .values()
+                .find(|s| s.index.max_timestamp >= ts)
+                .map(|s| s.index.offset_for_time(ts));
+            let start = match seg_start {
+                Some(o) => o,
+                None if st.active.index.max_timestamp >= ts => st.active.index.offset_for_time(ts),
+                None => return Ok(None),
+            };
+            (start.max(st.start_offset), st.next_offset)
+        };
+        let mut from = start;
+        while from < end {
+            let batches = self.read(from, 1 << 20, end).await?;
+            let Some(last) = batches.last() else { break };
+            from = BatchHeader::read(last).last_offset().plus(1);
+            for b in batches {
+                let h = BatchHeader::read(&b);
+                if h.max_timestamp < ts {
+                    continue;
+                }
+                if h.compression() != 0 || h.is_control() {
+                    return Ok(Some((h.base_offset, h.max_timestamp)));
+                }
+                let batch = batch::Batch::parse(b)?;
+                for r in batch::records(&batch)? {
+                    let t = TimestampMs(h.base_timestamp.0 + r.timestamp_delta);
+                    if t >= ts {
+                        return Ok(Some((h.base_offset.plus(r.offset_delta as i64), t)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Flushes and closes the log's files (clean shutdown).
+    pub async fn close(self) -> Result<()> {
+        self.flush().await?;
+        self.cache.unregister(self.cache_id);
+        Ok(())
+    }
+}
+
+/// Writes a sealed segment's `.index` and `.timeindex`.
+pub(crate) async fn write_index_files(dir: &Path, index: &SegmentIndex) -> Result<()> {
+    let base = index.base_offset;
+    file::write_checked(&segment::index_path(dir, base), &index.encode_offsets()).await?;
+    file::write_checked(&segment::timeindex_path(dir, base), &index.encode_times()).await
+}
+
+/// Reads the partial page at the end of a segment's data, for a new appender.
+pub(crate) async fn read_tail_page(file: &DmaFile, path: &Path, end_pos: u64) -> Result<Vec<u8>> {
+    let page = align_down(end_pos);
+    let len = (end_pos - page) as usize;
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let r = file
+        .read_at_aligned(page, segment::PAGE_BYTES as usize)
+        .await
+        .map_err(|e| StorageError::glommio("reading tail page", path, e))?;
+    if r.len() < len {
+        return Err(StorageError::Corrupt {
+            path: path.to_path_buf(),
+            position: page,
+            reason: "tail page shorter than the data".into(),
+        });
+    }
+    Ok(r[..len].to_vec())
+}
+
+fn closed(_: glommio::GlommioError<()>) -> StorageError {
+    StorageError::Failed
+}

@@ -1,0 +1,104 @@
+//! Straight-line behaviour of the log: append, flush, read, roll, reopen, truncate.
+
+mod common;
+
+use std::rc::Rc;
+
+use common::*;
+use ringlog_storage::{BatchHeader, Offset, StorageError, SystemClock, Term};
+
+#[test]
+fn append_flush_read_roll_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run_local(move || async move {
+        let log = open(
+            &path,
+            small_config(16 * 1024),
+            small_limits(),
+            Rc::new(SystemClock),
+        )
+        .await;
+        let mut expected = Vec::new();
+        for i in 0..200u64 {
+            let b = batch(3, i, 100);
+            let info = log.append(b, Term(1)).await.expect("append");
+            assert_eq!(info.base_offset, Offset(i as i64 * 3));
+            expected.push(info);
+            if i % 17 == 0 {
+                log.flush().await.expect("flush");
+            }
+        }
+        assert_eq!(log.flush().await.expect("flush"), Offset(600));
+        assert!(log.segment_count() > 2, "rolled: {}", log.segment_count());
+        let got = log
+            .read(Offset(301), 1, log.end_offset())
+            .await
+            .expect("read");
+        assert_eq!(got.len(), 1);
+        assert_eq!(BatchHeader::read(&got[0]).base_offset, Offset(300));
+        log.close().await.expect("close");
+
+        let log = open(
+            &path,
+            small_config(16 * 1024),
+            small_limits(),
+            Rc::new(SystemClock),
+        )
+        .await;
+        assert_eq!(log.end_offset(), Offset(600));
+        let mut at = Offset(0);
+        let mut n = 0;
+        while at < log.end_offset() {
+            let got = log.read(at, 10_000, log.end_offset()).await.expect("read");
+            assert!(!got.is_empty());
+            for b in got {
+                let h = BatchHeader::read(&b);
+                assert_eq!(h.base_offset, at);
+                assert_eq!(h.term, Term(1));
+                ringlog_storage::Batch::parse(b).expect("valid");
+                at = h.last_offset().plus(1);
+                n += 1;
+            }
+        }
+        assert_eq!(n, 200);
+        assert_eq!(log.term_at(Offset(599)), Some(Term(1)));
+        assert_eq!(log.last_offset_and_term(), Some((Offset(599), Term(1))));
+
+        // Suffix truncation into a sealed segment, then append a new term.
+        let end = log.truncate_suffix(Offset(100)).await.expect("truncate");
+        assert_eq!(end, Offset(99), "whole batches: 99..=101 holds 100");
+        log.append(batch(2, 999, 10), Term(2))
+            .await
+            .expect("append");
+        log.flush().await.expect("flush");
+        assert_eq!(log.term_at(Offset(99)), Some(Term(2)));
+        assert_eq!(log.term_at(Offset(98)), Some(Term(1)));
+        log.close().await.expect("close");
+
+        let log = open(
+            &path,
+            small_config(16 * 1024),
+            small_limits(),
+            Rc::new(SystemClock),
+        )
+        .await;
+        assert_eq!(log.end_offset(), Offset(101));
+        log.truncate_prefix(Offset(50)).await.expect("prefix");
+        assert_eq!(log.start_offset(), Offset(50));
+        assert!(matches!(
+            log.read(Offset(10), 100, log.end_offset()).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        log.close().await.expect("close");
+        let log = open(
+            &path,
+            small_config(16 * 1024),
+            small_limits(),
+            Rc::new(SystemClock),
+        )
+        .await;
+        assert_eq!(log.start_offset(), Offset(50));
+        assert_eq!(log.end_offset(), Offset(101));
+    });
+}
