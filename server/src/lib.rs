@@ -1,4 +1,15 @@
 //! ringlog-server: the Kafka-compatible broker (binary `ringlog`).
 //!
-//! Not built yet: the single-node thread-per-core broker is issue #3. This crate exists so the
-//! workspace has its final shape; it holds no code that pretends to work.
+//! Rooms:
+//! - [`config`], [`limits`]: settings and every bound, in one place each;
+//! - [`shard`]: one executor per core, the cross-core mesh, startup and shutdown;
+//! - [`kafka`]: listener, connections (framing, pipelining), one handler per API, error codes;
+//! - [`partition`]: a partition on its owner core (log, high watermark, fetch waiters);
+//! - [`metadata`]: the metadata log's records, the image every core reads, the controller.
+
+pub mod config;
+pub mod kafka;
+pub mod limits;
+pub mod metadata;
+pub mod partition;
+pub mod shard;

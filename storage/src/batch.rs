@@ -257,6 +257,8 @@ pub struct RecordView {
     pub key: Option<Bytes>,
     /// True when the value is null: a tombstone.
     pub is_tombstone: bool,
+    /// The value, `None` for a tombstone.
+    pub value: Option<Bytes>,
     /// The whole record encoding, length prefix included, to copy unchanged.
     pub encoded: Bytes,
 }
@@ -287,7 +289,7 @@ pub fn records(batch: &Batch) -> Result<Vec<RecordView>, BatchError> {
         let timestamp_delta = read_varint(&mut body)?;
         let offset_delta = read_varint(&mut body)?;
         let key = read_nullable(&mut body)?;
-        let value_len = read_varint(&mut body)?;
+        let value = read_nullable(&mut body)?;
         if offset_delta < 0 || offset_delta > h.last_offset_delta as i64 {
             return Err(BatchError::BadField("record offsetDelta"));
         }
@@ -295,7 +297,8 @@ pub fn records(batch: &Batch) -> Result<Vec<RecordView>, BatchError> {
             offset_delta: offset_delta as i32,
             timestamp_delta,
             key,
-            is_tombstone: value_len < 0,
+            is_tombstone: value.is_none(),
+            value,
             encoded,
         });
     }

@@ -1,6 +1,6 @@
 //! `ringlog-storage-bench`: throughput and durability latency of one partition's [`Log`].
 //!
-//! Runs on one glommio executor (one core, one io_uring ring), like a partition in the broker.
+//! Runs on one glommio executor (one core and its io_uring rings), like a partition in the broker.
 //! Two phases, each on a fresh log directory under `--dir`:
 //!
 //! 1. **Throughput.** One task appends batches of `--batch-bytes` back to back. Every
@@ -10,7 +10,7 @@
 //! 2. **Latency.** `--latency-ops` times (after `--warmup-ops` unrecorded ones): append one
 //!    batch, await its flush; the latency of append+flush goes into an HdrHistogram (µs).
 //!    The segment is Kafka's default 1 GiB, preallocated: on ext4 an fdatasync after a write
-//!    into a 2 GiB preallocated file costs ~40% more than into a 128 MiB one (a deeper extent
+//!    into a 2 GiB preallocated file costs 40-60% more than into a 128 MiB one (a deeper extent
 //!    tree to update), so fio's file must be the same size for a fair comparison.
 //!
 //! `perf/storage-bench.sh` runs fio on the same filesystem and compares. A size argument takes

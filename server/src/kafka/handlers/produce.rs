@@ -1,0 +1,121 @@
+//! Produce: validate, route each partition to its owner core, append there, acknowledge once
+//! durable (acks=1/all) or not at all (acks=0).
+//!
+//! All partitions of a request are produced concurrently; the response lists them in request
+//! order. The owner core re-checks that it owns the partition when the job arrives.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{find_topic, Reply};
+use crate::kafka::errors::KafkaError;
+use crate::shard::Shard;
+
+/// Handles a Produce request.
+pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Reply {
+    let acks = req.acks;
+    let mut topics = Vec::with_capacity(req.topic_data.len());
+    let mut work = Vec::new();
+    for t in req.topic_data {
+        let meta = find_topic(shard, &t.name.0, t.topic_id);
+        let mut parts = Vec::with_capacity(t.partition_data.len());
+        for p in t.partition_data {
+            let slot = work.len();
+            parts.push((p.index, slot));
+            let fut = produce_one(
+                shard.clone(),
+                meta.clone(),
+                t.name.0.to_string(),
+                p.index,
+                p.records,
+                acks,
+            );
+            work.push(fut);
+        }
+        topics.push((t.name, t.topic_id, parts));
+    }
+    let results = futures::future::join_all(work).await;
+    if acks == 0 {
+        return Reply::None;
+    }
+    let responses = topics
+        .into_iter()
+        .map(|(name, id, parts)| {
+            let partition_responses = parts
+                .into_iter()
+                .map(|(index, slot)| {
+                    let r = PartitionProduceResponse::default()
+                        .with_index(index)
+                        .with_log_append_time_ms(-1);
+                    match &results[slot] {
+                        Ok((base, start)) => {
+                            r.with_base_offset(*base).with_log_start_offset(*start)
+                        }
+                        Err(e) => r
+                            .with_error_code(e.code())
+                            .with_error_message(Some(StrBytes::from_string(e.message.clone())))
+                            .with_base_offset(-1)
+                            .with_log_start_offset(-1),
+                    }
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(TopicName(name.0))
+                .with_topic_id(id)
+                .with_partition_responses(partition_responses)
+        })
+        .collect();
+    super::respond(ResponseKind::Produce(
+        ProduceResponse::default().with_responses(responses),
+    ))
+}
+
+async fn produce_one(
+    shard: Rc<Shard>,
+    meta: Option<Arc<crate::metadata::TopicMeta>>,
+    name: String,
+    partition: i32,
+    records: Option<Bytes>,
+    acks: i16,
+) -> Result<(i64, i64), KafkaError> {
+    if !matches!(acks, -1..=1) {
+        return Err(KafkaError::new(
+            ResponseError::InvalidRequiredAcks,
+            format!("acks={acks} is not -1, 0 or 1"),
+        ));
+    }
+    let meta = meta.ok_or_else(|| KafkaError::unknown_partition(&name, partition))?;
+    let owner = usize::try_from(partition)
+        .ok()
+        .and_then(|i| meta.partitions.get(i))
+        .map(|p| p.shard)
+        .ok_or_else(|| KafkaError::unknown_partition(&meta.name, partition))?;
+    let records =
+        records.ok_or_else(|| KafkaError::new(ResponseError::CorruptMessage, "no records"))?;
+    let topic = meta.name.clone();
+    let r = shard
+        .invoke_on(owner, move |s| async move {
+            let Some(p) = s.partition(&topic, partition) else {
+                return Err(KafkaError::new(
+                    ResponseError::NotLeaderOrFollower,
+                    format!("{topic}-{partition} is not on this core"),
+                ));
+            };
+            let base = p.produce(records, acks).await?;
+            Ok((base.0, p.log.start_offset().0))
+        })
+        .await;
+    match r {
+        Ok(r) => r,
+        Err(e) => Err(KafkaError::new(
+            ResponseError::NotLeaderOrFollower,
+            e.to_string(),
+        )),
+    }
+}

@@ -1,0 +1,46 @@
+//! Every bound the broker enforces, in one place. Each says what happens when it is reached.
+//!
+//! Storage bounds (write buffers, cache) live in `ringlog_storage::StorageLimits`, set from here
+//! where the broker chooses them.
+
+/// Broker limits. One instance, shared read-only by all cores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request frame accepted. A larger declared size closes the connection with a log
+    /// line (Kafka's `socket.request.max.bytes`, same default).
+    pub request_bytes_max: usize,
+    /// Requests read from one connection and not yet answered. When reached, the connection
+    /// stops reading until the oldest response is written (pipelining backpressure).
+    pub requests_in_flight_per_connection_max: usize,
+    /// Open client connections per core. Past it, new connections are closed at once.
+    pub connections_per_core_max: usize,
+    /// Messages queued from one core to another. When full, the sender waits.
+    pub mesh_queue_depth: usize,
+    /// Cross-core jobs running at once on one core. When reached, the core stops taking jobs
+    /// off the mesh (senders then wait on the full queue).
+    pub mesh_jobs_in_flight_max: usize,
+    /// Longest fetch wait honoured (`max_wait_ms` is capped to this).
+    pub fetch_wait_ms_max: u64,
+    /// Bytes of batches kept in each core's cache.
+    pub cache_bytes_per_core: usize,
+    /// Partitions one CreateTopics or CreatePartitions may ask for per topic.
+    pub partitions_per_topic_max: i32,
+    /// Topics in the cluster. CreateTopics past it fails with a clear error.
+    pub topics_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_bytes_max: 100 * 1024 * 1024,
+            requests_in_flight_per_connection_max: 64,
+            connections_per_core_max: 10_000,
+            mesh_queue_depth: 1024,
+            mesh_jobs_in_flight_max: 4096,
+            fetch_wait_ms_max: 30_000,
+            cache_bytes_per_core: 64 << 20,
+            partitions_per_topic_max: 10_000,
+            topics_max: 100_000,
+        }
+    }
+}

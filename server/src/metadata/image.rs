@@ -1,0 +1,169 @@
+//! The metadata image: the state the metadata log describes, as every core reads it.
+//!
+//! Immutable once built: the controller builds the next image by applying a record to a copy
+//! and broadcasts it; cores swap their `Arc`. Applying is a pure function, so replaying the log
+//! at start rebuilds exactly the image the broker served.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use ringlog_storage::LogConfig;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::records::MetadataRecord;
+use crate::shard::ShardId;
+
+/// One partition's placement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMeta {
+    /// The core that owns the partition.
+    pub shard: ShardId,
+    /// Leader epoch (the Raft term once replicated; 0 on a single node).
+    pub leader_epoch: i32,
+}
+
+/// A topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicMeta {
+    /// Name.
+    pub name: String,
+    /// Id (Produce v13 and Fetch v13 name topics by id).
+    pub id: Uuid,
+    /// Partitions by index.
+    pub partitions: Vec<PartitionMeta>,
+    /// Config overrides by Kafka name.
+    pub configs: BTreeMap<String, String>,
+}
+
+impl TopicMeta {
+    /// The log config: broker defaults with this topic's overrides.
+    pub fn log_config(&self, defaults: &LogConfig) -> LogConfig {
+        let mut c = defaults.clone();
+        for (k, v) in &self.configs {
+            // Overrides were validated before they were written.
+            let _ = c.set(k, v);
+        }
+        c
+    }
+
+    /// Internal topics (leading `__`) are reported with `is_internal`.
+    pub fn is_internal(&self) -> bool {
+        self.name.starts_with("__")
+    }
+}
+
+/// The whole image.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetadataImage {
+    /// Bumped by every applied record.
+    pub version: u64,
+    /// Cluster id.
+    pub cluster_id: String,
+    /// Topics by name.
+    pub topics: BTreeMap<String, Arc<TopicMeta>>,
+    /// Topic names by id.
+    pub ids: HashMap<Uuid, String>,
+}
+
+impl MetadataImage {
+    /// The image after `record`. Records that do not apply (a replayed duplicate) leave it as is.
+    pub fn apply(&self, record: &MetadataRecord) -> MetadataImage {
+        let mut next = self.clone();
+        next.version += 1;
+        match record {
+            MetadataRecord::ClusterIdSet { cluster_id } => next.cluster_id = cluster_id.clone(),
+            MetadataRecord::TopicCreated {
+                name,
+                id,
+                partitions,
+                configs,
+            } => {
+                next.ids.insert(*id, name.clone());
+                next.topics.insert(
+                    name.clone(),
+                    Arc::new(TopicMeta {
+                        name: name.clone(),
+                        id: *id,
+                        partitions: partitions.clone(),
+                        configs: configs.clone(),
+                    }),
+                );
+            }
+            MetadataRecord::TopicDeleted { name } => {
+                if let Some(t) = next.topics.remove(name) {
+                    next.ids.remove(&t.id);
+                }
+            }
+            MetadataRecord::PartitionsAdded { name, partitions } => {
+                if let Some(t) = next.topics.get(name) {
+                    let mut t = (**t).clone();
+                    t.partitions.extend(partitions.iter().copied());
+                    next.topics.insert(name.clone(), Arc::new(t));
+                }
+            }
+            MetadataRecord::ConfigsSet { name, configs } => {
+                if let Some(t) = next.topics.get(name) {
+                    let mut t = (**t).clone();
+                    t.configs = configs.clone();
+                    next.topics.insert(name.clone(), Arc::new(t));
+                }
+            }
+        }
+        next
+    }
+
+    /// Partitions owned by each shard, for balanced placement.
+    pub fn load_per_shard(&self, shard_count: usize) -> Vec<usize> {
+        let mut load = vec![0; shard_count];
+        for t in self.topics.values() {
+            for p in &t.partitions {
+                if let Some(l) = load.get_mut(p.shard.0 as usize) {
+                    *l += 1;
+                }
+            }
+        }
+        load
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_create_add_config_delete() {
+        let img = MetadataImage::default();
+        let id = Uuid::new_v4();
+        let p = PartitionMeta {
+            shard: ShardId(0),
+            leader_epoch: 0,
+        };
+        let img = img.apply(&MetadataRecord::TopicCreated {
+            name: "t".into(),
+            id,
+            partitions: vec![p],
+            configs: BTreeMap::new(),
+        });
+        let img = img.apply(&MetadataRecord::PartitionsAdded {
+            name: "t".into(),
+            partitions: vec![p, p],
+        });
+        assert_eq!(img.topics["t"].partitions.len(), 3);
+        assert_eq!(img.load_per_shard(2), vec![3, 0]);
+        let mut c = BTreeMap::new();
+        c.insert("retention.ms".to_string(), "5".to_string());
+        let img = img.apply(&MetadataRecord::ConfigsSet {
+            name: "t".into(),
+            configs: c,
+        });
+        assert_eq!(
+            img.topics["t"]
+                .log_config(&LogConfig::default())
+                .retention_ms,
+            5
+        );
+        let img = img.apply(&MetadataRecord::TopicDeleted { name: "t".into() });
+        assert!(img.topics.is_empty() && img.ids.is_empty());
+    }
+}

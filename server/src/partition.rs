@@ -1,0 +1,283 @@
+//! A partition on its owner core: the log, the leader epoch, the high watermark and the fetch
+//! waiters.
+//!
+//! Runs only on the core that owns the partition (see `shard`). Invariants:
+//! - the high watermark is the durable end of the log (with `fsync` on), so consumers never
+//!   read data a crash could take back; with `fsync` off it is the log end;
+//! - a produce is acknowledged (acks=1/all) only once the high watermark passes its batches;
+//! - every fetch waiter is woken when the high watermark moves.
+//!
+//! The leader epoch is 0 on a single node; the Raft driver (issue #6) will own it and the
+//! high watermark will become Raft's commit index.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use ringlog_storage::{batch, Log, LogConfig, Offset, Term, TimestampMs};
+
+use crate::kafka::errors::KafkaError;
+use crate::shard::{Shard, TopicPartition};
+
+/// One partition, owned by this core.
+pub struct Partition {
+    /// Topic and index.
+    pub tp: TopicPartition,
+    /// The log.
+    pub log: Log,
+    /// Leader epoch stamped into appended batches.
+    pub leader_epoch: Cell<i32>,
+    fsync: bool,
+    changed: HighWatermarkChanged,
+}
+
+/// Data read for a fetch.
+pub struct FetchedData {
+    /// High watermark at the time of the read.
+    pub high_watermark: Offset,
+    /// Log start offset.
+    pub log_start_offset: Offset,
+    /// Whole batches, in order.
+    pub batches: Vec<Bytes>,
+}
+
+/// Where a partition's files live.
+pub fn partition_dir(shard: &Shard, tp: &TopicPartition) -> PathBuf {
+    shard
+        .config
+        .data_dir
+        .join(format!("{}-{}", tp.topic, tp.partition))
+}
+
+impl Partition {
+    /// Opens (or creates) the partition's log on this core.
+    pub async fn open(
+        shard: &Shard,
+        tp: TopicPartition,
+        config: LogConfig,
+        leader_epoch: i32,
+    ) -> Result<Rc<Partition>, KafkaError> {
+        let dir = partition_dir(shard, &tp);
+        let log = Log::open(
+            &dir,
+            config,
+            shard.config.storage.clone(),
+            shard.cache.clone(),
+            Rc::new(ringlog_storage::SystemClock),
+        )
+        .await?;
+        tracing::info!(partition = %format!("{}-{}", tp.topic, tp.partition), shard = shard.id.0, start = %log.start_offset(), end = %log.end_offset(), "opened partition");
+        Ok(Rc::new(Partition {
+            tp,
+            log,
+            leader_epoch: Cell::new(leader_epoch),
+            fsync: shard.config.fsync,
+            changed: HighWatermarkChanged::default(),
+        }))
+    }
+
+    /// The offset below which consumers may read.
+    pub fn high_watermark(&self) -> Offset {
+        if self.fsync {
+            self.log.flushed_end_offset()
+        } else {
+            self.log.end_offset()
+        }
+    }
+
+    /// Validates and appends the batches of a produce request; for acks != 0 waits until they
+    /// are below the high watermark. Returns the base offset of the first batch. Either every
+    /// batch is appended or none is.
+    pub async fn produce(self: &Rc<Self>, records: Bytes, acks: i16) -> Result<Offset, KafkaError> {
+        let batches = split_batches(&records)?;
+        let term = Term(self.leader_epoch.get());
+        let mut base = None;
+        let mut last = Offset(-1);
+        for b in batches {
+            let info = self.log.append(BytesMut::from(&b[..]), term).await?;
+            base.get_or_insert(info.base_offset);
+            last = info.last_offset;
+        }
+        let base =
+            base.ok_or_else(|| KafkaError::new(ResponseError::InvalidRecord, "no record batch"))?;
+        if acks == 0 || !self.fsync {
+            let me = self.clone();
+            glommio::spawn_local(async move {
+                if me.log.flush().await.is_ok() {
+                    me.changed.notify();
+                }
+            })
+            .detach();
+            if !self.fsync {
+                self.changed.notify();
+            }
+            return Ok(base);
+        }
+        self.log.flush().await?;
+        self.changed.notify();
+        assert!(
+            self.high_watermark() > last,
+            "acknowledged data is below the high watermark"
+        );
+        Ok(base)
+    }
+
+    /// Reads whole batches from `offset`, up to the high watermark.
+    pub async fn read(&self, offset: Offset, max_bytes: usize) -> Result<FetchedData, KafkaError> {
+        let hw = self.high_watermark();
+        let batches = if offset >= hw && offset <= self.log.end_offset() {
+            Vec::new()
+        } else {
+            self.log.read(offset, max_bytes, hw).await?
+        };
+        Ok(FetchedData {
+            high_watermark: hw,
+            log_start_offset: self.log.start_offset(),
+            batches,
+        })
+    }
+
+    /// Waits until the high watermark passes `offset`, or the deadline.
+    pub async fn wait_for_data(&self, offset: Offset, deadline: Instant) {
+        loop {
+            if self.high_watermark() > offset {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            let seen = self.changed.generation();
+            let timer = glommio::timer::sleep(deadline - now);
+            futures::pin_mut!(timer);
+            let changed = self.changed.wait(seen);
+            futures::pin_mut!(changed);
+            futures::future::select(timer, changed).await;
+        }
+    }
+
+    /// The offset for a ListOffsets timestamp (-2 earliest, -1 latest, else by time).
+    pub async fn offset_for(&self, timestamp: i64) -> Result<(Offset, i64), KafkaError> {
+        match timestamp {
+            -2 => Ok((self.log.start_offset(), -1)),
+            -1 => Ok((self.high_watermark(), -1)),
+            ts if ts >= 0 => match self.log.offset_for_timestamp(TimestampMs(ts)).await? {
+                Some((o, t)) if o < self.high_watermark() => Ok((o, t.0)),
+                _ => Ok((Offset(-1), -1)),
+            },
+            other => Err(KafkaError::new(
+                ResponseError::InvalidRequest,
+                format!("unsupported ListOffsets timestamp {other}"),
+            )),
+        }
+    }
+
+    /// Wakes fetch waiters (used after changes made outside `produce`).
+    pub fn notify(&self) {
+        self.changed.notify();
+    }
+
+    /// Closes the log (flushing it) for shutdown or deletion.
+    pub async fn close(self: Rc<Self>) {
+        let name = format!("{}-{}", self.tp.topic, self.tp.partition);
+        match Rc::try_unwrap(self) {
+            Ok(p) => {
+                if let Err(e) = p.log.close().await {
+                    tracing::error!(partition = %name, error = %e, "closing partition");
+                }
+            }
+            Err(p) => {
+                // Still referenced by an in-flight request: flush; the log closes when dropped.
+                let _ = p.log.flush().await;
+            }
+        }
+    }
+}
+
+/// Splits the `records` of a produce partition into record batches, validating each fully
+/// (length, magic, CRC) before anything is appended.
+pub fn split_batches(records: &Bytes) -> Result<Vec<Bytes>, KafkaError> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < records.len() {
+        let rest = &records[at..];
+        let size = batch::declared_size(rest)
+            .map_err(|e| KafkaError::new(ResponseError::CorruptMessage, e.to_string()))?;
+        if size as usize > rest.len() {
+            return Err(KafkaError::new(
+                ResponseError::CorruptMessage,
+                format!(
+                    "record batch of {size} bytes is truncated to {}",
+                    rest.len()
+                ),
+            ));
+        }
+        let b = records.slice(at..at + size as usize);
+        batch::Batch::parse(b.clone())
+            .map_err(|e| KafkaError::from(ringlog_storage::StorageError::from(e)))?;
+        out.push(b);
+        at += size as usize;
+    }
+    if out.is_empty() {
+        return Err(KafkaError::new(
+            ResponseError::CorruptMessage,
+            "empty records",
+        ));
+    }
+    Ok(out)
+}
+
+/// A counter of high-watermark changes that tasks can wait on.
+#[derive(Default)]
+struct HighWatermarkChanged {
+    generation: Cell<u64>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl HighWatermarkChanged {
+    fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+
+    fn notify(&self) {
+        self.generation.set(self.generation.get() + 1);
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    fn wait(&self, seen: u64) -> WaitChange<'_> {
+        WaitChange { notify: self, seen }
+    }
+}
+
+struct WaitChange<'a> {
+    notify: &'a HighWatermarkChanged,
+    seen: u64,
+}
+
+impl Future for WaitChange<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.notify.generation.get() != self.seen {
+            return Poll::Ready(());
+        }
+        let mut w = self.notify.wakers.borrow_mut();
+        if !w.iter().any(|x| x.will_wake(cx.waker())) {
+            w.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// Caps a client's wait.
+pub fn fetch_deadline(max_wait_ms: i32, cap_ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis((max_wait_ms.max(0) as u64).min(cap_ms))
+}

@@ -1,0 +1,122 @@
+//! Shards: one per core. A shard owns a set of partitions, its own io_uring ring (through its
+//! glommio executor), its batch cache and its read copy of the metadata image.
+//!
+//! Runs on its own core; `Shard` is `!Send` and shared by that core's tasks through `Rc`. The
+//! only way to touch another core's state is [`Shard::invoke_on`], which sends a closure over
+//! glommio's bounded cross-core channels (the mesh) to run on the owner, Seastar-style; the
+//! owner re-checks ownership when the closure runs.
+
+pub mod runtime;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use glommio::channels::channel_mesh::Senders;
+use glommio::sync::Semaphore;
+use ringlog_storage::BatchCache;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::metadata::{Controller, MetadataImage};
+use crate::partition::Partition;
+
+/// Index of a core in the broker's core list (0-based; not the CPU id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ShardId(pub u16);
+
+/// A topic partition, as the key of a shard's partition table.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Partition index.
+    pub partition: i32,
+}
+
+/// A closure sent to run on another core.
+pub type Job = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// The mesh went away (the broker is shutting down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("core {0:?} is not reachable (shutting down)")]
+pub struct MeshClosed(pub ShardId);
+
+/// One core's state.
+pub struct Shard {
+    /// This core.
+    pub id: ShardId,
+    /// Number of cores.
+    pub shard_count: usize,
+    /// The broker configuration.
+    pub config: Arc<Config>,
+    /// Host and port clients are told to use.
+    pub advertised: (String, u16),
+    senders: Senders<Job>,
+    /// Read copy of the metadata image.
+    pub image: RefCell<Arc<MetadataImage>>,
+    /// Partitions this core owns.
+    pub partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
+    /// This core's batch cache.
+    pub cache: Rc<BatchCache>,
+    /// The controller, on core 0 only.
+    pub controller: RefCell<Option<Rc<Controller>>>,
+    /// Bounds cross-core jobs running here.
+    pub(crate) job_slots: Rc<Semaphore>,
+    /// Open client connections on this core.
+    pub connections: Cell<usize>,
+}
+
+impl Shard {
+    /// Runs `f` on core `target` and returns its result. Runs inline when `target` is this
+    /// core. Waits when the target's queue is full (backpressure).
+    pub async fn invoke_on<T, F, Fut>(
+        self: &Rc<Self>,
+        target: ShardId,
+        f: F,
+    ) -> Result<T, MeshClosed>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        if target == self.id {
+            return Ok(f(self.clone()).await);
+        }
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let job: Job = Box::new(move |shard| {
+            Box::pin(async move {
+                let _ = tx.send(f(shard).await);
+            })
+        });
+        if self.senders.send_to(target.0 as usize, job).await.is_err() {
+            return Err(MeshClosed(target));
+        }
+        rx.await.map_err(|_| MeshClosed(target))
+    }
+
+    /// The current metadata image.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.image.borrow().clone()
+    }
+
+    /// The partition if this core owns it.
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<Rc<Partition>> {
+        let key = TopicPartition {
+            topic: Arc::from(topic),
+            partition,
+        };
+        self.partitions.borrow().get(&key).cloned()
+    }
+
+    /// The core that owns a partition, from the image.
+    pub fn owner_of(&self, topic: &str, partition: i32) -> Option<ShardId> {
+        let img = self.image.borrow();
+        let t = img.topics.get(topic)?;
+        let p = usize::try_from(partition).ok()?;
+        t.partitions.get(p).map(|p| p.shard)
+    }
+}

@@ -1,0 +1,260 @@
+//! Starting the broker: one glommio executor per configured core, pinned, joined by a full
+//! mesh of bounded channels; each runs the Kafka listener and its partitions.
+//!
+//! Startup: every core joins the mesh; core 0 opens the controller (replaying the metadata
+//! log) and broadcasts the image, which makes each core open the partitions it owns; then
+//! every core starts accepting. Shutdown (SIGTERM/SIGINT): cores stop accepting, let in-flight
+//! requests finish (bounded), flush and close their logs, and the process exits 0.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::sync::Semaphore;
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+use ringlog_storage::BatchCache;
+
+use super::{Job, Shard, ShardId, TopicPartition};
+use crate::config::{Config, CoreSpec};
+use crate::metadata::{controller, Controller, MetadataImage};
+use crate::partition::{partition_dir, Partition};
+
+/// Set by the signal thread; every core polls it.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Runs the broker until SIGTERM/SIGINT. Returns an error message for startup failures.
+pub fn run(config: Config) -> Result<(), String> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("creating data dir {}: {e}", config.data_dir.display()))?;
+    let placement = placement(&config.cores)?;
+    let shard_count = placement.executor_count();
+    let mut config = config;
+    if config.kafka_addr.port() == 0 {
+        // Every core binds the same port (SO_REUSEPORT): pick a free one first.
+        let l = std::net::TcpListener::bind(config.kafka_addr)
+            .map_err(|e| format!("binding {}: {e}", config.kafka_addr))?;
+        config.kafka_addr = l.local_addr().map_err(|e| e.to_string())?;
+    }
+    let advertised = config
+        .advertised_kafka_addr
+        .clone()
+        .unwrap_or_else(|| (config.kafka_addr.ip().to_string(), config.kafka_addr.port()));
+    install_signal_thread()?;
+    let config = Arc::new(config);
+    let mesh: MeshBuilder<Job, _> = MeshBuilder::full(shard_count, config.limits.mesh_queue_depth);
+    tracing::info!(cores = shard_count, addr = %config.kafka_addr, data_dir = %config.data_dir.display(), "starting ringlog");
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .io_memory(config.io_memory_bytes)
+        .name("ringlog")
+        .on_all_shards(move || {
+            let config = config.clone();
+            let mesh = mesh.clone();
+            let advertised = advertised.clone();
+            async move { shard_main(config, mesh, shard_count, advertised).await }
+        })
+        .map_err(|e| format!("starting executors: {e}"))?;
+    let mut failure = None;
+    for r in handles.join_all() {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(e) => failure = Some(format!("executor failed: {e}")),
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+fn placement(cores: &CoreSpec) -> Result<PoolPlacement, String> {
+    let online = CpuSet::online().map_err(|e| format!("reading online cpus: {e}"))?;
+    let online_count = online.clone().into_iter().count();
+    match cores {
+        CoreSpec::Count(n) if *n > online_count => Err(format!(
+            "--cores {n} asks for more cores than the {online_count} online"
+        )),
+        CoreSpec::Count(n) => Ok(PoolPlacement::MaxSpread(*n, Some(online))),
+        CoreSpec::List(cpus) => {
+            let mut sets = Vec::new();
+            for cpu in cpus {
+                let set = online.clone().filter(|l| l.cpu == *cpu);
+                if set.is_empty() {
+                    return Err(format!("core {cpu} is not online"));
+                }
+                sets.push(set);
+            }
+            Ok(PoolPlacement::Custom(sets))
+        }
+    }
+}
+
+async fn shard_main(
+    config: Arc<Config>,
+    mesh: MeshBuilder<Job, glommio::channels::channel_mesh::Full>,
+    shard_count: usize,
+    advertised: (String, u16),
+) -> Result<(), String> {
+    let (senders, mut receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| "joining the core mesh".to_string())?;
+    let id = ShardId(senders.peer_id() as u16);
+    let shard = Rc::new(Shard {
+        id,
+        shard_count,
+        cache: BatchCache::new(config.storage.cache_bytes_max),
+        job_slots: Rc::new(Semaphore::new(config.limits.mesh_jobs_in_flight_max as u64)),
+        config: config.clone(),
+        advertised,
+        senders,
+        image: RefCell::new(Arc::new(MetadataImage::default())),
+        partitions: RefCell::new(HashMap::new()),
+        controller: RefCell::new(None),
+        connections: Cell::new(0),
+    });
+    for (_, stream) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let mut stream = stream;
+            while let Some(job) = stream.next().await {
+                let Ok(slot) = shard.job_slots.acquire_static_permit(1).await else {
+                    break;
+                };
+                let s = shard.clone();
+                glommio::spawn_local(async move {
+                    job(s).await;
+                    drop(slot);
+                })
+                .detach();
+            }
+        })
+        .detach();
+    }
+    if id.0 == 0 {
+        let c = Rc::new(Controller::open(&shard).await?);
+        *shard.controller.borrow_mut() = Some(c.clone());
+        controller::broadcast(&shard, c.image()).await;
+    } else {
+        // Wait for the first image from core 0 before serving.
+        while shard.image().cluster_id.is_empty() {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let listener = crate::kafka::listener::Listener::bind(&shard)?;
+    let accept = glommio::spawn_local(listener.run(shard.clone()));
+    while !STOPPING.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(shard = id.0, "stopping");
+    drop(accept);
+    // Let in-flight requests finish, bounded.
+    for _ in 0..100 {
+        if shard.connections.get() == 0 {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    let parts: Vec<Rc<Partition>> = shard
+        .partitions
+        .borrow_mut()
+        .drain()
+        .map(|(_, p)| p)
+        .collect();
+    for p in parts {
+        p.close().await;
+    }
+    Ok(())
+}
+
+/// Installs the image on this core: opens partitions it now owns, closes and deletes those
+/// whose topic is gone, and applies config changes.
+pub async fn apply_image(shard: &Rc<Shard>, image: Arc<MetadataImage>) {
+    let old = shard.image.replace(image.clone());
+    // Deleted topics (or recreated with a new id): close and remove.
+    let doomed: Vec<TopicPartition> = shard
+        .partitions
+        .borrow()
+        .keys()
+        .filter(|tp| {
+            let now = image.topics.get(&*tp.topic);
+            let before = old.topics.get(&*tp.topic);
+            now.is_none() || now.map(|t| t.id) != before.map(|t| t.id)
+        })
+        .cloned()
+        .collect();
+    for tp in doomed {
+        let p = shard.partitions.borrow_mut().remove(&tp);
+        if let Some(p) = p {
+            p.close().await;
+        }
+        let dir = partition_dir(shard, &tp);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing deleted partition");
+        }
+        tracing::info!(partition = %format!("{}-{}", tp.topic, tp.partition), "deleted partition");
+    }
+    for t in image.topics.values() {
+        let config = t.log_config(&shard.config.log_defaults);
+        for (i, p) in t.partitions.iter().enumerate() {
+            if p.shard != shard.id {
+                continue;
+            }
+            let tp = TopicPartition {
+                topic: Arc::from(t.name.as_str()),
+                partition: i as i32,
+            };
+            let existing = shard.partitions.borrow().get(&tp).cloned();
+            match existing {
+                Some(part) => {
+                    if part.log.config() != config {
+                        part.log.set_config(config.clone());
+                    }
+                }
+                None => {
+                    match Partition::open(shard, tp.clone(), config.clone(), p.leader_epoch).await {
+                        Ok(part) => {
+                            shard.partitions.borrow_mut().insert(tp, part);
+                        }
+                        Err(e) => {
+                            tracing::error!(topic = %t.name, partition = i, error = %e.message, "opening partition")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn install_signal_thread() -> Result<(), String> {
+    // Block SIGTERM and SIGINT in every thread (executors inherit the mask) and wait for them
+    // on a dedicated thread, which only flips the flag the cores poll.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err("blocking signals".into());
+        }
+        let set_copy = set;
+        std::thread::Builder::new()
+            .name("ringlog-signals".into())
+            .spawn(move || {
+                let mut sig: libc::c_int = 0;
+                libc::sigwait(&set_copy, &mut sig);
+                tracing::info!(signal = sig, "shutdown requested");
+                STOPPING.store(true, Ordering::Relaxed);
+            })
+            .map_err(|e| format!("starting the signal thread: {e}"))?;
+    }
+    Ok(())
+}
