@@ -7,9 +7,15 @@
 //! - [`partition`]: a partition on its owner core (log, high watermark, fetch waiters);
 //! - [`metadata`]: the metadata log's records, the image every core reads, the controller.
 
+pub mod alloc;
 pub mod config;
 pub mod kafka;
 pub mod limits;
 pub mod metadata;
 pub mod partition;
 pub mod shard;
+
+/// The unit tests run the decoder on hostile input too, so they use the broker's allocator.
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOC: alloc::BrokerAlloc = alloc::BrokerAlloc;

@@ -1,7 +1,11 @@
 //! The `ringlog` broker binary: parse flags, set up logging, run until SIGTERM.
 
 use clap::Parser;
+use ringlog_server::alloc::BrokerAlloc;
 use ringlog_server::config::{Config, Flags};
+
+#[global_allocator]
+static ALLOC: BrokerAlloc = BrokerAlloc;
 
 fn main() {
     tracing_subscriber::fmt()

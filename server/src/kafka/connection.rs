@@ -84,10 +84,36 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     writer_task.await;
 }
 
-/// Decodes one request frame, runs its handler and encodes the response frame.
-async fn handle_frame(shard: Rc<Shard>, mut body: Bytes, peer: Option<SocketAddr>) -> Outcome {
+/// A request frame, decoded.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The API.
+    pub api: ApiKey,
+    /// Its version.
+    pub version: i16,
+    /// The header.
+    pub header: RequestHeader,
+    /// The body.
+    pub request: RequestKind,
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// An ApiVersions request in a version this broker does not serve: answered with v0.
+    UnsupportedApiVersions {
+        /// From the header.
+        correlation_id: i32,
+    },
+    /// Anything else: the connection is closed with this reason.
+    Close(String),
+}
+
+/// Decodes a request frame (without its size prefix). Never panics, whatever the bytes.
+pub fn decode_request(mut body: Bytes) -> Result<Decoded, DecodeError> {
+    let close = |s: String| Err(DecodeError::Close(s));
     if body.len() < 8 {
-        return Outcome::Close(format!(
+        return close(format!(
             "request of {} bytes is shorter than a header",
             body.len()
         ));
@@ -96,36 +122,55 @@ async fn handle_frame(shard: Rc<Shard>, mut body: Bytes, peer: Option<SocketAddr
     let version = i16::from_be_bytes([body[2], body[3]]);
     let correlation_id = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
     let Ok(api) = ApiKey::try_from(key) else {
-        return Outcome::Close(format!("unknown API key {key}"));
+        return close(format!("unknown API key {key}"));
     };
     let Some((min, max)) = handlers::supported_versions(api) else {
-        return Outcome::Close(format!("API {api:?} is not supported"));
+        return close(format!("API {api:?} is not supported"));
     };
     if version < min || version > max {
         if api == ApiKey::ApiVersions {
-            // Kafka answers an unsupported ApiVersions version with v0 and the ranges.
-            let resp = handlers::api_versions::unsupported_version();
-            return frame(correlation_id, 0, &ResponseKind::ApiVersions(resp), 0);
+            return Err(DecodeError::UnsupportedApiVersions { correlation_id });
         }
-        return Outcome::Close(format!(
+        return close(format!(
             "{api:?} v{version} is not supported (v{min}..v{max})"
         ));
     }
     let header = match RequestHeader::decode(&mut body, api.request_header_version(version)) {
         Ok(h) => h,
-        Err(e) => return Outcome::Close(format!("bad {api:?} request header: {e}")),
+        Err(e) => return close(format!("bad {api:?} request header: {e}")),
     };
     let request = match RequestKind::decode(api, &mut body, version) {
         Ok(r) => r,
-        Err(e) => return Outcome::Close(format!("bad {api:?} v{version} request: {e}")),
+        Err(e) => return close(format!("bad {api:?} v{version} request: {e}")),
     };
-    let _ = peer;
-    match handlers::handle(&shard, &header, request).await {
+    Ok(Decoded {
+        api,
+        version,
+        header,
+        request,
+    })
+}
+
+/// Decodes one request frame, runs its handler and encodes the response frame.
+async fn handle_frame(shard: Rc<Shard>, body: Bytes, peer: Option<SocketAddr>) -> Outcome {
+    let d = match decode_request(body) {
+        Ok(d) => d,
+        Err(DecodeError::UnsupportedApiVersions { correlation_id }) => {
+            // Kafka answers an unsupported ApiVersions version with v0 and the ranges.
+            let resp = handlers::api_versions::unsupported_version();
+            return frame(correlation_id, 0, &ResponseKind::ApiVersions(resp), 0);
+        }
+        Err(DecodeError::Close(reason)) => {
+            tracing::debug!(peer = ?peer, %reason, "undecodable request");
+            return Outcome::Close(reason);
+        }
+    };
+    match handlers::handle(&shard, &d.header, d.request).await {
         handlers::Reply::Response(resp) => frame(
-            header.correlation_id,
-            api.response_header_version(version),
+            d.header.correlation_id,
+            d.api.response_header_version(d.version),
             &resp,
-            version,
+            d.version,
         ),
         handlers::Reply::None => Outcome::Silent,
         handlers::Reply::Close(reason) => Outcome::Close(reason),
@@ -145,4 +190,78 @@ fn frame(correlation_id: i32, header_version: i16, resp: &ResponseKind, version:
     let len = (buf.len() - 4) as i32;
     buf[0..4].copy_from_slice(&len.to_be_bytes());
     Outcome::Respond(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::{ApiVersionsRequest, MetadataRequest, ProduceRequest};
+    use kafka_protocol::protocol::Encodable;
+    use proptest::prelude::*;
+
+    fn encode<R: Encodable>(api: ApiKey, version: i16, req: &R) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        let header = RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7);
+        header
+            .encode(&mut b, api.request_header_version(version))
+            .expect("header");
+        req.encode(&mut b, version).expect("body");
+        b.to_vec()
+    }
+
+    fn valid_frames() -> Vec<Vec<u8>> {
+        vec![
+            encode(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()),
+            encode(ApiKey::Metadata, 12, &MetadataRequest::default()),
+            encode(ApiKey::Metadata, 1, &MetadataRequest::default()),
+            encode(ApiKey::Produce, 9, &ProduceRequest::default().with_acks(-1)),
+        ]
+    }
+
+    #[test]
+    fn valid_frames_decode() {
+        for f in valid_frames() {
+            let d = decode_request(Bytes::from(f)).expect("decodes");
+            assert_eq!(d.header.correlation_id, 7);
+        }
+    }
+
+    #[test]
+    fn unsupported_api_versions_is_answered() {
+        let mut f = encode(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+        f[2..4].copy_from_slice(&99i16.to_be_bytes());
+        assert_eq!(
+            decode_request(Bytes::from(f)).map(|_| ()),
+            Err(DecodeError::UnsupportedApiVersions { correlation_id: 7 })
+        );
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic the decoder.
+        #[test]
+        fn random_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_request(Bytes::from(bytes));
+        }
+
+        /// Valid frames with bytes flipped, cut or extended never panic the decoder.
+        #[test]
+        fn mutated_frames_never_panic(
+            which in 0usize..4,
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+            cut in any::<prop::sample::Index>(),
+            extra in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let mut f = valid_frames().swap_remove(which);
+            for (i, x) in flips {
+                let at = i.index(f.len());
+                f[at] ^= x;
+            }
+            f.truncate(cut.index(f.len() + 1));
+            f.extend(extra);
+            let _ = decode_request(Bytes::from(f));
+        }
+    }
 }
