@@ -12,6 +12,10 @@ pub struct Limits {
     /// Requests read from one connection and not yet answered. When reached, the connection
     /// stops reading until the oldest response is written (pipelining backpressure).
     pub requests_in_flight_per_connection_max: usize,
+    /// Bytes of requests read from one connection and not yet answered. When reached, the
+    /// connection stops reading until responses free room (a single request larger than this
+    /// but within `request_bytes_max` waits until it is the only one in flight).
+    pub request_bytes_in_flight_per_connection_max: usize,
     /// Open client connections per core. Past it, new connections are closed at once.
     pub connections_per_core_max: usize,
     /// Messages queued from one core to another. When full, the sender waits.
@@ -34,6 +38,7 @@ impl Default for Limits {
         Limits {
             request_bytes_max: 100 * 1024 * 1024,
             requests_in_flight_per_connection_max: 64,
+            request_bytes_in_flight_per_connection_max: 128 * 1024 * 1024,
             connections_per_core_max: 10_000,
             mesh_queue_depth: 1024,
             mesh_jobs_in_flight_max: 4096,

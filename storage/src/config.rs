@@ -196,7 +196,7 @@ impl Default for StorageLimits {
     fn default() -> Self {
         StorageLimits {
             write_buffer_bytes: 256 * 1024,
-            write_buffers_in_flight_max: 4,
+            write_buffers_in_flight_max: 8,
             read_chunk_bytes: 256 * 1024,
             cache_bytes_max: 64 << 20,
             compaction_map_bytes_max: 32 << 20,

@@ -58,6 +58,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let _ = writer.close().await;
     });
     let max = shard.config.limits.request_bytes_max;
+    let bytes_max = shard
+        .config
+        .limits
+        .request_bytes_in_flight_per_connection_max;
+    let bytes_in_flight = Rc::new(glommio::sync::Semaphore::new(bytes_max as u64));
     loop {
         let mut size = [0u8; 4];
         if reader.read_exact(&mut size).await.is_err() {
@@ -68,6 +73,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             tracing::warn!(peer = ?peer, size, max, "request size out of range; closing connection");
             break;
         }
+        let permits = (size as u64).clamp(1, bytes_max as u64);
+        let Ok(room) = bytes_in_flight.acquire_static_permit(permits).await else {
+            break;
+        };
         let mut body = BytesMut::zeroed(size as usize);
         if reader.read_exact(&mut body).await.is_err() {
             tracing::debug!(peer = ?peer, "connection closed inside a frame");
@@ -75,7 +84,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
         let body = body.freeze();
         let s = shard.clone();
-        let task = glommio::spawn_local(async move { handle_frame(s, body, peer).await }).detach();
+        let task = glommio::spawn_local(async move {
+            let out = handle_frame(s, body, peer).await;
+            drop(room);
+            out
+        })
+        .detach();
         if tx.send(task).await.is_err() {
             break;
         }

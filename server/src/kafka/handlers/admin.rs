@@ -236,7 +236,12 @@ pub fn describe_configs(shard: &Rc<Shard>, req: DescribeConfigsRequest) -> Descr
                 RESOURCE_TOPIC => match img.topics.get(&*r.resource_name) {
                     Some(t) => {
                         let c = t.log_config(defaults);
-                        out.with_configs(entries(&c, |n| t.configs.contains_key(n), &wanted, false))
+                        let mut configs =
+                            entries(&c, |n| t.configs.contains_key(n), &wanted, false);
+                        if wanted(PLACEMENT_CONFIG) {
+                            configs.push(placement_entry(t));
+                        }
+                        out.with_configs(configs)
                     }
                     None => out
                         .with_error_code(ResponseError::UnknownTopicOrPartition.code())
@@ -255,6 +260,25 @@ pub fn describe_configs(shard: &Rc<Shard>, req: DescribeConfigsRequest) -> Descr
         })
         .collect();
     DescribeConfigsResponse::default().with_results(results)
+}
+
+/// A read-only topic config that shows which core owns each partition, as
+/// `partition:core,...` (placement is visible through any Kafka admin tool).
+pub const PLACEMENT_CONFIG: &str = "ringlog.partition.cores";
+
+fn placement_entry(t: &crate::metadata::TopicMeta) -> DescribeConfigsResourceResult {
+    let value = t
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{i}:{}", p.shard.0))
+        .collect::<Vec<_>>()
+        .join(",");
+    DescribeConfigsResourceResult::default()
+        .with_name(StrBytes::from_static_str(PLACEMENT_CONFIG))
+        .with_value(Some(StrBytes::from_string(value)))
+        .with_read_only(true)
+        .with_config_source(SOURCE_DEFAULT)
 }
 
 fn entries(
