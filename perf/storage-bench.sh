@@ -7,12 +7,12 @@
 # Defaults: DIR /tmp/ringlog-storage-bench (must not be tmpfs), 1 GiB, 5000 latency ops, 3 rounds,
 # every fio job and the bench bounded by --timeout (300 s) seconds. Each round runs, in order:
 #  1. fio sequential write: O_DIRECT, 1 MiB blocks, file preallocated (--fallocate=native),
-#     --end_fsync=1 (the log's figure also ends with everything durable). iodepth=1: the log keeps
-#     at most write_buffers_in_flight_max (4) x write_buffer_bytes (256 KiB) = 1 MiB in flight,
-#     and one 1 MiB write is the same number of bytes in flight. Engine: io_uring (what the log
+#     --end_fsync=1 (the log's figure also ends with everything durable). iodepth=2: the log keeps
+#     at most write_buffers_in_flight_max (8) x write_buffer_bytes (256 KiB) = 2 MiB in flight,
+#     and two 1 MiB writes are the same number of bytes in flight. Engine: io_uring (what the log
 #     uses), else libaio, else psync.
 #     Extra fio jobs (skip with --no-extra), recorded but not used in the ratios:
-#       - bs=256k iodepth=4: the log's exact write shape;
+#       - bs=256k iodepth=8: the log's exact write shape;
 #       - bs=1M iodepth=1 --fdatasync=1: a sync after every MiB, the durability work the log does.
 #  2. fio fdatasync latency: 16 KiB O_DIRECT writes each followed by fdatasync, LATENCY_OPS of
 #     them at the start of a fresh file preallocated to 1 GiB (the size of the log's segment in
@@ -131,9 +131,9 @@ BENCH="$ROOT/target/release/ringlog-storage-bench"
 # the run (a shared virtual disk drifts by 2x within minutes) hits both sides of a ratio.
 for ((r = 1; r <= ROUNDS; r++)); do
     log "round $r of $ROUNDS"
-    fio_run "seqwrite-r$r" --rw=write --bs=1M --iodepth=1 --size="$TOTAL_BYTES" --end_fsync=1
+    fio_run "seqwrite-r$r" --rw=write --bs=1M --iodepth=2 --size="$TOTAL_BYTES" --end_fsync=1
     if [[ $EXTRA == 1 ]]; then
-        fio_run "seqwrite-256k-qd4-r$r" --rw=write --bs=256k --iodepth=4 --size="$TOTAL_BYTES" --end_fsync=1
+        fio_run "seqwrite-256k-qd8-r$r" --rw=write --bs=256k --iodepth=8 --size="$TOTAL_BYTES" --end_fsync=1
         fio_run "seqwrite-1m-fdatasync-r$r" --rw=write --bs=1M --iodepth=1 --fdatasync=1 --size="$TOTAL_BYTES"
     fi
     fio_run "fdatasync-r$r" --rw=write --bs=16k --iodepth=1 --fdatasync=1 --size=1G \
@@ -184,7 +184,7 @@ def one_round(r):
     sync_job = fio(f"fdatasync-r{r}")
     sync = sync_job["sync"]["lat_ns"]
     out = {
-        "seqwrite": {"bs": "1M", "iodepth": 1, "fallocate": "native", "end_fsync": True, **bw(seq)},
+        "seqwrite": {"bs": "1M", "iodepth": 2, "fallocate": "native", "end_fsync": True, **bw(seq)},
         "fdatasync": {
             "bs": "16k", "iodepth": 1, "ops": sync["N"],
             "sync_us": {"min": sync["min"] / 1000, "mean": sync["mean"] / 1000,
@@ -196,7 +196,7 @@ def one_round(r):
         },
         "extra": {},
     }
-    for name, desc in [("seqwrite-256k-qd4", "bs=256k iodepth=4 (the log's write shape)"),
+    for name, desc in [("seqwrite-256k-qd8", "bs=256k iodepth=8 (the log's write shape)"),
                        ("seqwrite-1m-fdatasync", "bs=1M iodepth=1, fdatasync after every write")]:
         job = fio(f"{name}-r{r}")
         if job is not None:
@@ -292,7 +292,7 @@ md = [
     "",
     "Per round:",
     "",
-    "| round | fio MiB/s | log MiB/s | bw ratio | fio sync p50/p99 us | fio write p50/p99 us | log p50/p99/p99.9 us | p99 ratio | fio 256k qd4 MiB/s | fio 1M+fdatasync MiB/s | log flushes p50/p99 us |",
+    "| round | fio MiB/s | log MiB/s | bw ratio | fio sync p50/p99 us | fio write p50/p99 us | log p50/p99/p99.9 us | p99 ratio | fio 256k qd8 MiB/s | fio 1M+fdatasync MiB/s | log flushes p50/p99 us |",
     "|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 for x in rs:
@@ -303,7 +303,7 @@ for x in rs:
         f"| {x['round']} | {f['seqwrite']['mib_per_sec']:.0f} | {tp['mib_per_sec']:.0f} | "
         f"{x['ratios']['append_bw_over_fio_bw']:.2f} | {s['p50']:.0f}/{s['p99']:.0f} | {w['p50']:.0f}/{w['p99']:.0f} | "
         f"{a['p50']}/{a['p99']}/{a['p99_9']} | {x['ratios']['log_p99_over_fio_fdatasync_p99']:.2f} | "
-        f"{ex('seqwrite-256k-qd4')} | {ex('seqwrite-1m-fdatasync')} | "
+        f"{ex('seqwrite-256k-qd8')} | {ex('seqwrite-1m-fdatasync')} | "
         f"{tp['flush_latency_us']['p50']}/{tp['flush_latency_us']['p99']} |")
 md += [
     "",

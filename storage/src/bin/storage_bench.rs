@@ -39,7 +39,7 @@ usage: ringlog-storage-bench --dir DIR [options]
   --quick                   small defaults, for smoke tests
   --batch-bytes N           size of each appended batch (default 16K)
   --flush-bytes N           throughput phase: spawn a flush every N appended bytes (default 1M)
-  --outstanding-flushes N   throughput phase: flushes in progress before appends wait (default 2)
+  --outstanding-flushes N   throughput phase: flushes in progress before appends wait (default 8: a broker has many producers waiting on group commits at once)
   --clone-in-loop           throughput phase: copy each batch from a template inside the timed loop
                             (default: all batches are built before the clock starts, as fio's buffers are)
   --baseline                also run the latency phase on a bare glommio DmaFile (write_at + fdatasync,
@@ -107,7 +107,7 @@ fn parse_args() -> Result<Args, String> {
     let mut json_path = None;
     let mut batch_bytes = 16 * 1024;
     let mut flush_bytes = 1 << 20;
-    let mut outstanding_flushes = 2;
+    let mut outstanding_flushes = 8;
     let mut yield_every = 0;
     let mut clone_in_loop = false;
     let mut baseline = false;
