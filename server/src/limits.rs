@@ -27,6 +27,10 @@ pub struct Limits {
     pub fetch_wait_ms_max: u64,
     /// Bytes of batches kept in each core's cache.
     pub cache_bytes_per_core: usize,
+    /// How often each core runs housekeeping (segment roll by age, retention, compaction) over
+    /// its partitions, in its low-priority task queue (Kafka's
+    /// `log.retention.check.interval.ms` plays the same role).
+    pub housekeeping_interval_ms: u64,
     /// Partitions one CreateTopics or CreatePartitions may ask for per topic.
     pub partitions_per_topic_max: i32,
     /// Topics in the cluster. CreateTopics past it fails with a clear error.
@@ -44,6 +48,7 @@ impl Default for Limits {
             mesh_jobs_in_flight_max: 4096,
             fetch_wait_ms_max: 30_000,
             cache_bytes_per_core: 64 << 20,
+            housekeeping_interval_ms: 30_000,
             partitions_per_topic_max: 10_000,
             topics_max: 100_000,
         }

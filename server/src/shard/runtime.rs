@@ -149,6 +149,7 @@ async fn shard_main(
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
     }
+    let housekeeping = spawn_housekeeping(shard.clone())?;
     let listener = crate::kafka::listener::Listener::bind(&shard)?;
     let accept = glommio::spawn_local(listener.run(shard.clone()));
     while !STOPPING.load(Ordering::Relaxed) {
@@ -156,6 +157,7 @@ async fn shard_main(
     }
     tracing::info!(shard = id.0, "stopping");
     drop(accept);
+    drop(housekeeping);
     // Let in-flight requests finish, bounded.
     for _ in 0..100 {
         if shard.connections.get() == 0 {
@@ -173,6 +175,40 @@ async fn shard_main(
         p.close().await;
     }
     Ok(())
+}
+
+/// Runs housekeeping over this core's partitions every `housekeeping_interval_ms`, in a
+/// low-priority task queue so produce and fetch always go first.
+fn spawn_housekeeping(shard: Rc<Shard>) -> Result<glommio::Task<()>, String> {
+    let queue = ringlog_storage::housekeeping_queue();
+    let every = Duration::from_millis(shard.config.limits.housekeeping_interval_ms);
+    let task = glommio::spawn_local_into(
+        async move {
+            loop {
+                glommio::timer::sleep(every).await;
+                let parts: Vec<Rc<Partition>> = shard.partitions.borrow().values().cloned().collect();
+                for p in parts {
+                    match p.log.housekeeping().await {
+                        Ok(r) if r.rolled || r.segments_deleted > 0 || r.records_compacted > 0 => {
+                            tracing::info!(
+                                partition = %format!("{}-{}", p.tp.topic, p.tp.partition),
+                                rolled = r.rolled,
+                                segments_deleted = r.segments_deleted,
+                                records_compacted = r.records_compacted,
+                                "housekeeping"
+                            );
+                            p.notify();
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(partition = %format!("{}-{}", p.tp.topic, p.tp.partition), error = %e, "housekeeping"),
+                    }
+                }
+            }
+        },
+        queue,
+    )
+    .map_err(|e| format!("starting housekeeping: {e}"))?;
+    Ok(task)
 }
 
 /// Installs the image on this core: opens partitions it now owns, closes and deletes those
