@@ -13,12 +13,15 @@
 //! - `written_pos` only advances over writes that completed, in order;
 //! - the padding beyond the logical end is zeros, so a scan finds the end of data there.
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 
 use glommio::io::{DmaBuffer, DmaFile};
-use glommio::task::JoinHandle;
 
 use crate::segment::{align_down, align_up};
 use crate::types::Offset;
@@ -42,30 +45,87 @@ impl ReadyWrite {
     }
 }
 
-/// A write submitted to the ring.
-pub struct PendingWrite {
-    handle: JoinHandle<std::io::Result<usize>>,
-    expected_bytes: usize,
-    end_pos: u64,
-    last_offset: Option<Offset>,
+/// Completion state of the writes of one appender, shared with the write tasks, which record
+/// their own completion (so waiting for writes needs no lock and no reaper).
+#[derive(Default)]
+pub struct Completions {
+    /// Writes submitted so far (the next write's sequence number).
+    submitted: u64,
+    /// Every write with a sequence number below this completed.
+    completed: u64,
+    /// Completions that arrived out of order: sequence -> (end position, last offset).
+    early: BTreeMap<u64, (u64, Option<Offset>)>,
+    /// Logical end of the data whose writes completed, in order.
+    written_pos: u64,
+    /// Last offset of the last batch whose writes completed, in order.
+    written_last: Option<Offset>,
+    /// The first failed write's error.
+    error: Option<Rc<std::io::Error>>,
+    waiters: Vec<Waker>,
 }
 
-impl PendingWrite {
-    /// Waits for the write. Returns the logical end and last complete offset it made durable
-    /// in order.
-    pub async fn wait(self) -> std::io::Result<(u64, Option<Offset>)> {
-        match self.handle.await {
-            Some(Ok(n)) if n == self.expected_bytes => Ok((self.end_pos, self.last_offset)),
-            Some(Ok(n)) => Err(std::io::Error::new(
-                std::io::ErrorKind::StorageFull,
-                format!(
-                    "short write: {n} of {} bytes (disk full or file size limit)",
-                    self.expected_bytes
-                ),
-            )),
-            Some(Err(e)) => Err(e),
-            None => Err(std::io::Error::other("write task cancelled")),
+impl Completions {
+    fn record(&mut self, seq: u64, r: std::io::Result<(u64, Option<Offset>)>) {
+        match r {
+            Ok(done) => {
+                self.early.insert(seq, done);
+                while let Some((end_pos, last)) = self.early.remove(&self.completed) {
+                    assert!(end_pos >= self.written_pos, "writes complete in file order");
+                    self.written_pos = end_pos;
+                    if last.is_some() {
+                        self.written_last = last;
+                    }
+                    self.completed += 1;
+                }
+            }
+            Err(e) => {
+                if self.error.is_none() {
+                    self.error = Some(Rc::new(e));
+                }
+            }
         }
+        for w in self.waiters.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Writes submitted and not yet completed.
+    pub fn in_flight(&self) -> u64 {
+        self.submitted - self.completed
+    }
+}
+
+/// A boxed completion wait, to await outside the log's borrow.
+pub type BoxedWait = Pin<Box<dyn Future<Output = Result<(), Rc<std::io::Error>>>>>;
+
+impl<F: Fn(&Completions) -> bool + Unpin + 'static> WaitCompletions<F> {
+    /// Boxes the wait so it can outlive the borrow it was made under.
+    pub fn await_boxed(self) -> BoxedWait {
+        Box::pin(self)
+    }
+}
+
+/// Waits until `ready(completions)` holds or a write failed.
+pub struct WaitCompletions<F> {
+    completions: Rc<RefCell<Completions>>,
+    ready: F,
+}
+
+impl<F: Fn(&Completions) -> bool + Unpin> Future for WaitCompletions<F> {
+    type Output = Result<(), Rc<std::io::Error>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut c = self.completions.borrow_mut();
+        if let Some(e) = &c.error {
+            return Poll::Ready(Err(e.clone()));
+        }
+        if (self.ready)(&c) {
+            return Poll::Ready(Ok(()));
+        }
+        if !c.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            c.waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -84,9 +144,7 @@ pub struct Appender {
     /// Last offset of the last batch completed inside `buf` since it was started.
     buf_last_offset: Option<Offset>,
     ready: VecDeque<ReadyWrite>,
-    pending: VecDeque<PendingWrite>,
-    /// Logical end of the data that is written (completed writes, in order).
-    written_pos: u64,
+    completions: Rc<RefCell<Completions>>,
 }
 
 impl Appender {
@@ -114,8 +172,10 @@ impl Appender {
             carried: tail_page.len(),
             buf_last_offset: None,
             ready: VecDeque::new(),
-            pending: VecDeque::new(),
-            written_pos: end_pos,
+            completions: Rc::new(RefCell::new(Completions {
+                written_pos: end_pos,
+                ..Completions::default()
+            })),
         }
     }
 
@@ -136,17 +196,49 @@ impl Appender {
 
     /// Logical end of data whose writes completed.
     pub fn written_pos(&self) -> u64 {
-        self.written_pos
+        self.completions.borrow().written_pos
     }
 
-    /// Writes submitted and not yet waited for.
-    pub fn pending_len(&self) -> usize {
-        self.pending.len()
+    /// Last offset of the last batch whose writes completed, in order.
+    pub fn written_last(&self) -> Option<Offset> {
+        self.completions.borrow().written_last
     }
 
-    /// True when nothing is buffered, ready or pending past `written_pos`.
+    /// Writes submitted and not yet completed.
+    pub fn in_flight(&self) -> u64 {
+        self.completions.borrow().in_flight()
+    }
+
+    /// Writes submitted so far.
+    pub fn submitted(&self) -> u64 {
+        self.completions.borrow().submitted
+    }
+
+    /// True when nothing is buffered, ready or in flight past `written_pos`.
     pub fn is_idle(&self) -> bool {
-        self.ready.is_empty() && self.pending.is_empty() && self.end_pos() == self.written_pos
+        self.ready.is_empty() && self.in_flight() == 0 && self.end_pos() == self.written_pos()
+    }
+
+    /// Waits until fewer than `max` writes are in flight.
+    pub fn wait_in_flight_below(
+        &self,
+        max: u64,
+    ) -> WaitCompletions<impl Fn(&Completions) -> bool + Unpin> {
+        WaitCompletions {
+            completions: self.completions.clone(),
+            ready: move |c: &Completions| c.in_flight() < max,
+        }
+    }
+
+    /// Waits until every write submitted before sequence `target` completed.
+    pub fn wait_completed(
+        &self,
+        target: u64,
+    ) -> WaitCompletions<impl Fn(&Completions) -> bool + Unpin> {
+        WaitCompletions {
+            completions: self.completions.clone(),
+            ready: move |c: &Completions| c.completed >= target,
+        }
     }
 
     /// Copies one batch into the buffers. Full buffers become ready writes.
@@ -210,31 +302,30 @@ impl Appender {
         let Some(w) = self.ready.pop_front() else {
             return;
         };
-        assert!(!w.rewrites_previous_page || self.pending.is_empty());
+        assert!(!w.rewrites_previous_page || self.in_flight() == 0);
         let file = self.file.clone();
         let expected_bytes = w.buf.len();
-        let pos = w.pos;
+        let (pos, end_pos, last_offset) = (w.pos, w.end_pos, w.last_offset);
         let buf = w.buf;
-        let handle = glommio::spawn_local(async move {
-            file.write_at(buf, pos).await.map_err(std::io::Error::from)
+        let completions = self.completions.clone();
+        let seq = {
+            let mut c = completions.borrow_mut();
+            c.submitted += 1;
+            c.submitted - 1
+        };
+        glommio::spawn_local(async move {
+            let r = match file.write_at(buf, pos).await {
+                Ok(n) if n == expected_bytes => Ok((end_pos, last_offset)),
+                Ok(n) => Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!(
+                        "short write: {n} of {expected_bytes} bytes (disk full or file size limit)"
+                    ),
+                )),
+                Err(e) => Err(std::io::Error::from(e)),
+            };
+            completions.borrow_mut().record(seq, r);
         })
         .detach();
-        self.pending.push_back(PendingWrite {
-            handle,
-            expected_bytes,
-            end_pos: w.end_pos,
-            last_offset: w.last_offset,
-        });
-    }
-
-    /// Takes the oldest pending write, to wait for it outside the log's borrow.
-    pub fn take_oldest(&mut self) -> Option<PendingWrite> {
-        self.pending.pop_front()
-    }
-
-    /// Records that a write completed (in order).
-    pub fn completed(&mut self, end_pos: u64) {
-        assert!(end_pos >= self.written_pos, "writes complete in file order");
-        self.written_pos = end_pos;
     }
 }

@@ -28,7 +28,7 @@
 //! until the log is reopened (which runs recovery). A flush never reports data durable that
 //! might not be.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -99,20 +99,6 @@ pub struct Log {
     pub(crate) sync_lock: Semaphore,
 }
 
-/// Marks the log failed if a future holding it is dropped mid-way through reaping a write.
-struct FailOnDrop<'a> {
-    log: &'a Log,
-    armed: Cell<bool>,
-}
-
-impl Drop for FailOnDrop<'_> {
-    fn drop(&mut self) {
-        if self.armed.get() {
-            self.log.state.borrow_mut().failed = true;
-        }
-    }
-}
-
 impl Log {
     /// Opens (or creates) the log in `dir`, running recovery: sealed segments load their
     /// indexes (rebuilt if missing or damaged), the active segment is scanned and any torn or
@@ -155,7 +141,23 @@ impl Log {
 
     /// Every offset below this is written to the file (not necessarily durable).
     pub fn written_end_offset(&self) -> Offset {
-        self.state.borrow().written_end
+        self.refresh_written()
+    }
+
+    /// Takes in the writes that completed since the last look: advances `written_end` and
+    /// drops their batches from the unwritten queue. Returns the written end.
+    pub(crate) fn refresh_written(&self) -> Offset {
+        let mut st = self.state.borrow_mut();
+        if let Some(last) = st.active.appender.written_last() {
+            if last.plus(1) > st.written_end && !st.failed {
+                st.written_end = last.plus(1);
+            }
+        }
+        let w = st.written_end;
+        while st.unwritten.front().is_some_and(|b| b.1 < w) {
+            st.unwritten.pop_front();
+        }
+        w
     }
 
     /// Every offset below this is durable.
@@ -317,16 +319,19 @@ impl Log {
     }
 
     /// Writes out everything buffered and fdatasyncs the active segment. Caller holds
-    /// `sync_lock`.
+    /// `sync_lock`. Appends go on while this waits for the writes and the sync.
     async fn sync_active(&self) -> Result<Offset> {
-        let (file, path, end) = {
+        {
             let _io = self.io_lock.acquire_permit(1).await.map_err(closed)?;
             self.state.borrow_mut().active.appender.seal_partial();
             self.submit_locked().await?;
-            self.drain_locked(0).await?;
+        }
+        self.wait_all_written().await?;
+        let end = self.refresh_written();
+        let (file, path) = {
             let st = self.state.borrow();
             let a = &st.active.appender;
-            (a.file().clone(), a.path().clone(), st.written_end)
+            (a.file().clone(), a.path().clone())
         };
         if let Err(e) = file.fdatasync().await {
             return Err(self.fail(StorageError::glommio("syncing segment", path, e)));
@@ -347,11 +352,13 @@ impl Log {
         self.submit_locked().await
     }
 
-    /// [`Log::submit_ready`] for a caller that holds `io_lock`.
+    /// [`Log::submit_ready`] for a caller that holds `io_lock` (which keeps submissions in
+    /// file order). Waits, still holding it, when the in-flight bound is reached or a buffer
+    /// rewrites the page of a write still in flight.
     pub(crate) async fn submit_locked(&self) -> Result<()> {
-        let max = self.limits.write_buffers_in_flight_max.max(1);
+        let max = self.limits.write_buffers_in_flight_max.max(1) as u64;
         loop {
-            let keep = {
+            let wait = {
                 let mut st = self.state.borrow_mut();
                 if st.failed {
                     return Err(StorageError::Failed);
@@ -360,58 +367,48 @@ impl Log {
                 let Some(w) = a.peek_ready() else {
                     return Ok(());
                 };
-                if w.rewrites_previous_page() && a.pending_len() > 0 {
-                    0
-                } else if a.pending_len() >= max {
-                    max - 1
+                if w.rewrites_previous_page() && a.in_flight() > 0 {
+                    Some(a.wait_completed(a.submitted()).await_boxed())
+                } else if a.in_flight() >= max {
+                    Some(a.wait_in_flight_below(max).await_boxed())
                 } else {
                     a.submit_next();
-                    continue;
+                    None
                 }
             };
-            self.drain_locked(keep).await?;
-        }
-    }
-
-    /// Waits for pending writes, oldest first, until at most `keep` remain. Caller holds
-    /// `io_lock`.
-    pub(crate) async fn drain_locked(&self, keep: usize) -> Result<()> {
-        loop {
-            let w = {
-                let mut st = self.state.borrow_mut();
-                if st.active.appender.pending_len() <= keep {
-                    return Ok(());
-                }
-                st.active.appender.take_oldest()
-            };
-            let Some(w) = w else { return Ok(()) };
-            let guard = FailOnDrop {
-                log: self,
-                armed: Cell::new(true),
-            };
-            let r = w.wait().await;
-            guard.armed.set(false);
-            match r {
-                Ok((end_pos, last)) => {
-                    let mut st = self.state.borrow_mut();
-                    st.active.appender.completed(end_pos);
-                    if let Some(last) = last {
-                        st.written_end = last.plus(1);
-                        while st.unwritten.front().is_some_and(|b| b.1 <= last) {
-                            st.unwritten.pop_front();
-                        }
-                    }
-                }
-                Err(e) => {
-                    let path = self.state.borrow().active.appender.path().clone();
-                    return Err(self.fail(StorageError::io("writing segment", path, e)));
+            if let Some(wait) = wait {
+                if let Err(e) = wait.await {
+                    return Err(self.fail_write(e));
                 }
             }
         }
     }
 
+    /// Waits until every write submitted so far completed (no lock needed).
+    pub(crate) async fn wait_all_written(&self) -> Result<()> {
+        let wait = {
+            let st = self.state.borrow();
+            let a = &st.active.appender;
+            a.wait_completed(a.submitted()).await_boxed()
+        };
+        wait.await.map_err(|e| self.fail_write(e))
+    }
+
+    fn fail_write(&self, e: Rc<std::io::Error>) -> StorageError {
+        let path = self.state.borrow().active.appender.path().clone();
+        self.fail(StorageError::Io {
+            op: "writing segment",
+            path,
+            source: e,
+        })
+    }
+
     /// Marks the log failed after an I/O error and drops what was never written.
     pub(crate) fn fail(&self, e: StorageError) -> StorageError {
+        if self.state.borrow().failed {
+            return e;
+        }
+        self.refresh_written();
         tracing::error!(dir = %self.dir.display(), error = %e, "log failed; reopen to recover");
         let mut st = self.state.borrow_mut();
         st.failed = true;
@@ -553,7 +550,8 @@ impl Log {
     /// (Kafka fetch semantics). Reading at the end returns no batch.
     pub async fn read(&self, from: Offset, max_bytes: usize, end: Offset) -> Result<Vec<Bytes>> {
         let mut from = from;
-        let (end, written_end) = {
+        let written_end = self.refresh_written();
+        let end = {
             let st = self.state.borrow();
             if from < st.start_offset || from > st.next_offset {
                 return Err(StorageError::OffsetOutOfRange {
@@ -562,7 +560,7 @@ impl Log {
                     end: st.next_offset,
                 });
             }
-            (end.min(st.next_offset), st.written_end)
+            end.min(st.next_offset)
         };
         loop {
             if from >= end {

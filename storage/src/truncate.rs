@@ -217,7 +217,9 @@ impl Log {
     async fn drain_all_locked(&self) -> Result<()> {
         self.state.borrow_mut().active.appender.seal_partial();
         self.submit_locked().await?;
-        self.drain_locked(0).await
+        self.wait_all_written().await?;
+        self.refresh_written();
+        Ok(())
     }
 
     /// Makes `new_start` the first offset of the log, deleting every segment that lies wholly
