@@ -92,9 +92,17 @@ impl Partition {
     }
 
     /// Validates and appends the batches of a produce request; for acks != 0 waits until they
-    /// are below the high watermark. Returns the base offset of the first batch. Either every
-    /// batch is appended or none is.
-    pub async fn produce(self: &Rc<Self>, records: Bytes, acks: i16) -> Result<Offset, KafkaError> {
+    /// are below the high watermark. Returns the base offset of the first batch. Every batch
+    /// is validated before any is appended, so bad input appends nothing.
+    ///
+    /// `appended` is signalled once every batch has its offsets (before the wait for
+    /// durability), so the connection can start its next request without reordering appends.
+    pub async fn produce(
+        self: &Rc<Self>,
+        records: Bytes,
+        acks: i16,
+        appended: futures::channel::oneshot::Sender<()>,
+    ) -> Result<Offset, KafkaError> {
         let batches = split_batches(&records)?;
         let term = Term(self.leader_epoch.get());
         let mut base = None;
@@ -104,6 +112,7 @@ impl Partition {
             base.get_or_insert(info.base_offset);
             last = info.last_offset;
         }
+        let _ = appended.send(());
         let base =
             base.ok_or_else(|| KafkaError::new(ResponseError::InvalidRecord, "no record batch"))?;
         if acks == 0 || !self.fsync {

@@ -149,11 +149,7 @@ impl Log {
         let cleaned = segment::cleaned_path(&self.dir, base);
         let interval = self.config().index_interval_bytes;
         let (new_file, index) = write_segment(&cleaned, base, batches, interval).await?;
-        let _sync = self
-            .sync_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Failed)?;
+        let _sync = self.sync_lock.acquire(1).await;
         let still_there = self
             .state
             .borrow()

@@ -21,6 +21,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod log;
+pub mod sync;
 pub mod types;
 
 mod appender;

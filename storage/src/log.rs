@@ -35,7 +35,6 @@ use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use glommio::io::{DmaFile, OpenOptions};
-use glommio::sync::Semaphore;
 
 use crate::appender::Appender;
 use crate::batch::{self, BatchError, BatchHeader};
@@ -95,8 +94,8 @@ pub struct Log {
     pub(crate) cache: Rc<BatchCache>,
     pub(crate) cache_id: CacheLogId,
     pub(crate) state: RefCell<State>,
-    pub(crate) io_lock: Semaphore,
-    pub(crate) sync_lock: Semaphore,
+    pub(crate) io_lock: Rc<crate::sync::LocalSemaphore>,
+    pub(crate) sync_lock: Rc<crate::sync::LocalSemaphore>,
 }
 
 impl Log {
@@ -277,7 +276,7 @@ impl Log {
     /// that recovery can reject a batch whose (CRC-uncovered) term field was damaged into a
     /// term the log never had. Runs once per leader change.
     async fn record_term(&self, term: Term) -> Result<()> {
-        let _sync = self.sync_lock.acquire_permit(1).await.map_err(closed)?;
+        let _sync = self.sync_lock.acquire(1).await;
         let mut terms = self.state.borrow().known_terms.clone();
         if terms.contains(&term) {
             return Ok(());
@@ -305,7 +304,7 @@ impl Log {
             }
             st.next_offset
         };
-        let _sync = self.sync_lock.acquire_permit(1).await.map_err(closed)?;
+        let _sync = self.sync_lock.acquire(1).await;
         {
             let st = self.state.borrow();
             if st.failed {
@@ -322,7 +321,7 @@ impl Log {
     /// `sync_lock`. Appends go on while this waits for the writes and the sync.
     async fn sync_active(&self) -> Result<Offset> {
         {
-            let _io = self.io_lock.acquire_permit(1).await.map_err(closed)?;
+            let _io = self.io_lock.acquire(1).await;
             self.state.borrow_mut().active.appender.seal_partial();
             self.submit_locked().await?;
         }
@@ -348,7 +347,7 @@ impl Log {
         if self.state.borrow().active.appender.peek_ready().is_none() {
             return Ok(());
         }
-        let _io = self.io_lock.acquire_permit(1).await.map_err(closed)?;
+        let _io = self.io_lock.acquire(1).await;
         self.submit_locked().await
     }
 
@@ -432,7 +431,7 @@ impl Log {
 
     /// Rolls to a new segment if the active one is full or old (or `force`, if non-empty).
     pub(crate) async fn roll_if_needed(&self, incoming_bytes: usize, force: bool) -> Result<()> {
-        let _sync = self.sync_lock.acquire_permit(1).await.map_err(closed)?;
+        let _sync = self.sync_lock.acquire(1).await;
         {
             let st = self.state.borrow();
             if st.failed {
@@ -730,8 +729,4 @@ pub(crate) async fn read_tail_page(file: &DmaFile, path: &Path, end_pos: u64) ->
         });
     }
     Ok(r[..len].to_vec())
-}
-
-fn closed(_: glommio::GlommioError<()>) -> StorageError {
-    StorageError::Failed
 }

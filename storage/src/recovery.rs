@@ -21,7 +21,6 @@ use std::path::Path;
 use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
-use glommio::sync::Semaphore;
 
 use crate::appender::Appender;
 use crate::cache::BatchCache;
@@ -187,8 +186,8 @@ pub(crate) async fn open(
             frozen: false,
             failed: false,
         }),
-        io_lock: Semaphore::new(1),
-        sync_lock: Semaphore::new(1),
+        io_lock: crate::sync::LocalSemaphore::new(1),
+        sync_lock: crate::sync::LocalSemaphore::new(1),
     };
     if start_offset > first_base {
         // Finishes a prefix truncation that was interrupted after its checkpoint was written.

@@ -30,11 +30,7 @@ impl Log {
     /// that straddles `from` goes too). The new end offset is returned. The truncation is
     /// durable when this returns.
     pub async fn truncate_suffix(&self, from: Offset) -> Result<Offset> {
-        let _sync = self
-            .sync_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Failed)?;
+        let _sync = self.sync_lock.acquire(1).await;
         {
             let st = self.state.borrow();
             if st.failed {
@@ -62,11 +58,7 @@ impl Log {
 
     async fn truncate_suffix_locked(&self, from: Offset) -> Result<Offset> {
         {
-            let _io = self
-                .io_lock
-                .acquire_permit(1)
-                .await
-                .map_err(|_| StorageError::Failed)?;
+            let _io = self.io_lock.acquire(1).await;
             self.drain_all_locked().await?;
         }
         self.cache.remove_from(self.cache_id, from);
@@ -226,11 +218,7 @@ impl Log {
     /// below it. Offsets below it are no longer readable. A `new_start` past the end empties
     /// the log and continues it at `new_start` (a Raft snapshot that is ahead of this log).
     pub async fn truncate_prefix(&self, new_start: Offset) -> Result<()> {
-        let _sync = self
-            .sync_lock
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Failed)?;
+        let _sync = self.sync_lock.acquire(1).await;
         {
             let st = self.state.borrow();
             if st.failed {
@@ -289,11 +277,7 @@ impl Log {
     /// Replaces the whole log with one empty active segment starting at `base`.
     pub(crate) async fn reset_to(&self, base: Offset) -> Result<()> {
         {
-            let _io = self
-                .io_lock
-                .acquire_permit(1)
-                .await
-                .map_err(|_| StorageError::Failed)?;
+            let _io = self.io_lock.acquire(1).await;
             self.drain_all_locked().await?;
         }
         let file = self.create_segment_file(base).await?;

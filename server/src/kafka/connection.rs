@@ -62,7 +62,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         .config
         .limits
         .request_bytes_in_flight_per_connection_max;
-    let bytes_in_flight = Rc::new(glommio::sync::Semaphore::new(bytes_max as u64));
+    let bytes_in_flight = ringlog_storage::sync::LocalSemaphore::new(bytes_max as u64);
     loop {
         let mut size = [0u8; 4];
         if reader.read_exact(&mut size).await.is_err() {
@@ -74,9 +74,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             break;
         }
         let permits = (size as u64).clamp(1, bytes_max as u64);
-        let Ok(room) = bytes_in_flight.acquire_static_permit(permits).await else {
-            break;
-        };
+        let room = bytes_in_flight.acquire(permits).await;
         let mut body = BytesMut::zeroed(size as usize);
         if reader.read_exact(&mut body).await.is_err() {
             tracing::debug!(peer = ?peer, "connection closed inside a frame");
@@ -84,8 +82,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
         let body = body.freeze();
         let s = shard.clone();
+        let (dispatched, dispatched_rx) = handlers::Dispatched::new();
         let task = glommio::spawn_local(async move {
-            let out = handle_frame(s, body, peer).await;
+            let out = handle_frame(s, body, peer, dispatched).await;
             drop(room);
             out
         })
@@ -93,6 +92,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         if tx.send(task).await.is_err() {
             break;
         }
+        // Start the next request only once this one's appends have their offsets (Kafka's
+        // per-connection order); its fsync may still be running.
+        let _ = dispatched_rx.await;
     }
     drop(tx);
     writer_task.await;
@@ -166,7 +168,12 @@ pub fn decode_request(mut body: Bytes) -> Result<Decoded, DecodeError> {
 }
 
 /// Decodes one request frame, runs its handler and encodes the response frame.
-async fn handle_frame(shard: Rc<Shard>, body: Bytes, peer: Option<SocketAddr>) -> Outcome {
+async fn handle_frame(
+    shard: Rc<Shard>,
+    body: Bytes,
+    peer: Option<SocketAddr>,
+    dispatched: handlers::Dispatched,
+) -> Outcome {
     let d = match decode_request(body) {
         Ok(d) => d,
         Err(DecodeError::UnsupportedApiVersions { correlation_id }) => {
@@ -179,7 +186,7 @@ async fn handle_frame(shard: Rc<Shard>, body: Bytes, peer: Option<SocketAddr>) -
             return Outcome::Close(reason);
         }
     };
-    match handlers::handle(&shard, &d.header, d.request).await {
+    match handlers::handle(&shard, &d.header, d.request, dispatched).await {
         handlers::Reply::Response(resp) => frame(
             d.header.correlation_id,
             d.api.response_header_version(d.version),

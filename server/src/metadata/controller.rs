@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use glommio::sync::Semaphore;
 use kafka_protocol::error::ResponseError;
 use ringlog_storage::batch::testing::{encode_batch, TestRecord};
+use ringlog_storage::sync::LocalSemaphore;
 use ringlog_storage::{batch, Log, LogConfig, Offset, Term};
 use uuid::Uuid;
 
@@ -44,7 +44,7 @@ pub struct NewTopic {
 pub struct Controller {
     log: Log,
     image: std::cell::RefCell<Arc<MetadataImage>>,
-    one_change: Semaphore,
+    one_change: Rc<LocalSemaphore>,
 }
 
 impl Controller {
@@ -85,7 +85,7 @@ impl Controller {
         let c = Controller {
             log,
             image: std::cell::RefCell::new(Arc::new(image)),
-            one_change: Semaphore::new(1),
+            one_change: LocalSemaphore::new(1),
         };
         if c.image().cluster_id.is_empty() {
             let id = Uuid::new_v4().simple().to_string();
@@ -146,7 +146,7 @@ impl Controller {
         topics: Vec<NewTopic>,
         validate_only: bool,
     ) -> Vec<Result<(i32, Uuid), KafkaError>> {
-        let _one = self.one_change.acquire_permit(1).await;
+        let _one = self.one_change.acquire(1).await;
         let mut image = (*self.image()).clone();
         let mut records = Vec::new();
         let mut results = Vec::new();
@@ -232,7 +232,7 @@ impl Controller {
         shard: &Rc<Shard>,
         names: Vec<String>,
     ) -> Vec<Result<Uuid, KafkaError>> {
-        let _one = self.one_change.acquire_permit(1).await;
+        let _one = self.one_change.acquire(1).await;
         let image = self.image();
         let mut records = Vec::new();
         let mut results = Vec::new();
@@ -264,7 +264,7 @@ impl Controller {
         count: i32,
         validate_only: bool,
     ) -> Result<(), KafkaError> {
-        let _one = self.one_change.acquire_permit(1).await;
+        let _one = self.one_change.acquire(1).await;
         let image = self.image();
         let t = image.topics.get(name).ok_or_else(|| {
             KafkaError::new(
@@ -303,7 +303,7 @@ impl Controller {
         incremental: bool,
         validate_only: bool,
     ) -> Result<(), KafkaError> {
-        let _one = self.one_change.acquire_permit(1).await;
+        let _one = self.one_change.acquire(1).await;
         let image = self.image();
         let t = image.topics.get(name).ok_or_else(|| {
             KafkaError::new(

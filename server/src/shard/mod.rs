@@ -16,7 +16,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use glommio::channels::channel_mesh::Senders;
-use glommio::sync::Semaphore;
 use ringlog_storage::BatchCache;
 use serde::{Deserialize, Serialize};
 
@@ -64,8 +63,6 @@ pub struct Shard {
     pub cache: Rc<BatchCache>,
     /// The controller, on core 0 only.
     pub controller: RefCell<Option<Rc<Controller>>>,
-    /// Bounds cross-core jobs running here.
-    pub(crate) job_slots: Rc<Semaphore>,
     /// Open client connections on this core.
     pub connections: Cell<usize>,
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::sync::Semaphore;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use ringlog_storage::BatchCache;
 
@@ -112,7 +111,6 @@ async fn shard_main(
         id,
         shard_count,
         cache: BatchCache::new(config.storage.cache_bytes_max),
-        job_slots: Rc::new(Semaphore::new(config.limits.mesh_jobs_in_flight_max as u64)),
         config: config.clone(),
         advertised,
         senders,
@@ -121,23 +119,14 @@ async fn shard_main(
         controller: RefCell::new(None),
         connections: Cell::new(0),
     });
-    for (_, stream) in receivers.streams() {
+    let streams = receivers.streams();
+    let per_peer = (config.limits.mesh_jobs_in_flight_max / streams.len().max(1)).max(1);
+    for (_, stream) in streams {
         let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let mut stream = stream;
-            while let Some(job) = stream.next().await {
-                let Ok(slot) = shard.job_slots.acquire_static_permit(1).await else {
-                    break;
-                };
-                let s = shard.clone();
-                glommio::spawn_local(async move {
-                    job(s).await;
-                    drop(slot);
-                })
-                .detach();
-            }
-        })
-        .detach();
+        // At most `per_peer` jobs from each peer run at once; past that the peer's bounded
+        // queue fills and its senders wait.
+        glommio::spawn_local(stream.for_each_concurrent(per_peer, move |job| job(shard.clone())))
+            .detach();
     }
     if id.0 == 0 {
         let c = Rc::new(Controller::open(&shard).await?);

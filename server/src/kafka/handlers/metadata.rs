@@ -18,6 +18,18 @@ use crate::shard::Shard;
 pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> MetadataResponse {
     let auto_create =
         shard.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+    // Without ACLs every operation is allowed; report that when asked (v8+), else Kafka's
+    // "not requested" value.
+    let topic_ops = if version >= 8 && req.include_topic_authorized_operations {
+        TOPIC_OPERATIONS
+    } else {
+        i32::MIN
+    };
+    let cluster_ops = if (8..=10).contains(&version) && req.include_cluster_authorized_operations {
+        CLUSTER_OPERATIONS
+    } else {
+        i32::MIN
+    };
     let node = BrokerId(shard.config.node_id);
     // Which topics: all (None), or those named (by name or id).
     let wanted: Option<Vec<(Option<String>, uuid::Uuid)>> = req.topics.map(|ts| {
@@ -53,7 +65,11 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
     }
     let img = shard.image();
     let topics: Vec<MetadataResponseTopic> = match wanted {
-        None => img.topics.values().map(|t| topic_entry(t, node)).collect(),
+        None => img
+            .topics
+            .values()
+            .map(|t| topic_entry(t, node, topic_ops))
+            .collect(),
         Some(w) => w
             .into_iter()
             .map(|(name, id)| {
@@ -62,7 +78,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
                     None => img.ids.get(&id).and_then(|n| img.topics.get(n).cloned()),
                 };
                 match found {
-                    Some(t) => topic_entry(&t, node),
+                    Some(t) => topic_entry(&t, node, topic_ops),
                     None => {
                         let code = match &name {
                             Some(n)
@@ -91,9 +107,19 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
         .with_cluster_id(Some(StrBytes::from_string(img.cluster_id.clone())))
         .with_controller_id(node)
         .with_topics(topics)
+        .with_cluster_authorized_operations(cluster_ops)
 }
 
-fn topic_entry(t: &TopicMeta, node: BrokerId) -> MetadataResponseTopic {
+/// Bits of Kafka's AclOperation codes allowed on a topic: READ 3, WRITE 4, CREATE 5, DELETE 6,
+/// ALTER 7, DESCRIBE 8, DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11.
+const TOPIC_OPERATIONS: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+/// On the cluster: CREATE 5, ALTER 7, DESCRIBE 8, CLUSTER_ACTION 9, DESCRIBE_CONFIGS 10,
+/// ALTER_CONFIGS 11, IDEMPOTENT_WRITE 12.
+const CLUSTER_OPERATIONS: i32 =
+    (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
+
+fn topic_entry(t: &TopicMeta, node: BrokerId, ops: i32) -> MetadataResponseTopic {
     let partitions = t
         .partitions
         .iter()
@@ -112,4 +138,5 @@ fn topic_entry(t: &TopicMeta, node: BrokerId) -> MetadataResponseTopic {
         .with_topic_id(t.id)
         .with_is_internal(t.is_internal())
         .with_partitions(partitions)
+        .with_topic_authorized_operations(ops)
 }

@@ -58,15 +58,43 @@ pub fn supported_versions(api: ApiKey) -> Option<(i16, i16)> {
     }
 }
 
+/// Tells the connection that a request's order-sensitive part is done, so it may start the
+/// next request. Produce fires it once every batch of the request has its offsets (phase one
+/// of a two-phase produce); every other API fires it at once. Dropping it also fires it.
+pub struct Dispatched(Option<futures::channel::oneshot::Sender<()>>);
+
+impl Dispatched {
+    /// A signal and the receiver the connection waits on.
+    pub fn new() -> (Dispatched, futures::channel::oneshot::Receiver<()>) {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        (Dispatched(Some(tx)), rx)
+    }
+
+    /// Fires the signal.
+    pub fn fire(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// Runs the handler for a decoded request.
-pub async fn handle(shard: &Rc<Shard>, header: &RequestHeader, request: RequestKind) -> Reply {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    header: &RequestHeader,
+    request: RequestKind,
+    mut dispatched: Dispatched,
+) -> Reply {
     let version = header.request_api_version;
+    if !matches!(request, RequestKind::Produce(_)) {
+        dispatched.fire();
+    }
     match request {
         RequestKind::ApiVersions(_) => respond(ResponseKind::ApiVersions(api_versions::handle())),
         RequestKind::Metadata(r) => respond(ResponseKind::Metadata(
             metadata::handle(shard, r, version).await,
         )),
-        RequestKind::Produce(r) => produce::handle(shard, r, version).await,
+        RequestKind::Produce(r) => produce::handle(shard, r, version, dispatched).await,
         RequestKind::Fetch(r) => fetch::handle(shard, r, version).await,
         RequestKind::ListOffsets(r) => respond(ResponseKind::ListOffsets(
             list_offsets::handle(shard, r, version).await,

@@ -3,6 +3,12 @@
 //!
 //! All partitions of a request are produced concurrently; the response lists them in request
 //! order. The owner core re-checks that it owns the partition when the job arrives.
+//!
+//! Two phases, so that a connection can pipeline while keeping Kafka's order: phase one
+//! appends every batch of the request (offsets fixed) and fires [`Dispatched`], which lets the
+//! connection start the next request; phase two waits until the batches are durable and
+//! answers. Requests on one connection are therefore appended in the order they were sent,
+//! while their fsyncs overlap (group commit).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,13 +19,19 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-use super::{find_topic, Reply};
+use super::{find_topic, Dispatched, Reply};
 use crate::kafka::errors::KafkaError;
 use crate::shard::Shard;
 
 /// Handles a Produce request.
-pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Reply {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    req: ProduceRequest,
+    _version: i16,
+    mut dispatched: Dispatched,
+) -> Reply {
     let acks = req.acks;
+    let mut appended = Vec::new();
     let mut topics = Vec::with_capacity(req.topic_data.len());
     let mut work = Vec::new();
     for t in req.topic_data {
@@ -28,6 +40,8 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Re
         for p in t.partition_data {
             let slot = work.len();
             parts.push((p.index, slot));
+            let (tx, rx) = futures::channel::oneshot::channel();
+            appended.push(rx);
             let fut = produce_one(
                 shard.clone(),
                 meta.clone(),
@@ -35,12 +49,24 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, _version: i16) -> Re
                 p.index,
                 p.records,
                 acks,
+                tx,
             );
             work.push(fut);
         }
         topics.push((t.name, t.topic_id, parts));
     }
-    let results = futures::future::join_all(work).await;
+    let all = futures::future::join_all(work);
+    futures::pin_mut!(all);
+    // Phase one: every partition's batches have offsets (or failed); the connection may go on.
+    let appended_all = futures::future::join_all(appended);
+    let results = match futures::future::select(all, appended_all).await {
+        futures::future::Either::Left((results, _)) => results,
+        futures::future::Either::Right((_, all)) => {
+            dispatched.fire();
+            all.await
+        }
+    };
+    dispatched.fire();
     if acks == 0 {
         return Reply::None;
     }
@@ -83,6 +109,7 @@ async fn produce_one(
     partition: i32,
     records: Option<Bytes>,
     acks: i16,
+    appended: futures::channel::oneshot::Sender<()>,
 ) -> Result<(i64, i64), KafkaError> {
     if !matches!(acks, -1..=1) {
         return Err(KafkaError::new(
@@ -107,7 +134,7 @@ async fn produce_one(
                     format!("{topic}-{partition} is not on this core"),
                 ));
             };
-            let base = p.produce(records, acks).await?;
+            let base = p.produce(records, acks, appended).await?;
             Ok((base.0, p.log.start_offset().0))
         })
         .await;
