@@ -145,6 +145,9 @@ pub struct Appender {
     buf_last_offset: Option<Offset>,
     ready: VecDeque<ReadyWrite>,
     completions: Rc<RefCell<Completions>>,
+    /// File size reserved by fallocate so far (a background extension may be running).
+    preallocated: Rc<std::cell::Cell<u64>>,
+    extending: Rc<std::cell::Cell<bool>>,
 }
 
 impl Appender {
@@ -156,6 +159,7 @@ impl Appender {
         buffer_bytes: usize,
         end_pos: u64,
         tail_page: &[u8],
+        preallocated: u64,
     ) -> Appender {
         assert!(buffer_bytes > 0 && buffer_bytes as u64 % crate::segment::PAGE_BYTES == 0);
         let page = align_down(end_pos);
@@ -176,6 +180,8 @@ impl Appender {
                 written_pos: end_pos,
                 ..Completions::default()
             })),
+            preallocated: Rc::new(std::cell::Cell::new(preallocated)),
+            extending: Rc::new(std::cell::Cell::new(false)),
         }
     }
 
@@ -192,6 +198,34 @@ impl Appender {
     /// Logical end of appended data (written or not).
     pub fn end_pos(&self) -> u64 {
         self.buf_pos + self.buf_len as u64
+    }
+
+    /// Preallocates the next `step` in the background when the data is within half a step of
+    /// the preallocated end (at most `limit` bytes in all). A failure is only logged: writes past
+    /// the preallocated end still work (more slowly) and report their own errors.
+    pub fn extend_preallocation(&self, step: u64, limit: u64) {
+        let have = self.preallocated.get();
+        if self.extending.get() || self.end_pos() + step / 2 < have || have >= limit {
+            return;
+        }
+        let target = (have + step).min(limit);
+        self.extending.set(true);
+        let (file, cell, flag, path) = (
+            self.file.clone(),
+            self.preallocated.clone(),
+            self.extending.clone(),
+            self.path.clone(),
+        );
+        glommio::spawn_local(async move {
+            match file.pre_allocate(target, false).await {
+                Ok(()) => cell.set(cell.get().max(target)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "preallocating segment")
+                }
+            }
+            flag.set(false);
+        })
+        .detach();
     }
 
     /// Logical end of data whose writes completed.

@@ -186,6 +186,11 @@ pub struct StorageLimits {
     /// Bytes of recent batches kept in the per-core cache. When full, the oldest inserted batches
     /// are evicted; a read that misses goes to disk.
     pub cache_bytes_max: usize,
+    /// Segments are preallocated (fallocate) this far ahead of the write position rather than
+    /// to their full `segment.bytes` at once, so an idle partition costs little disk. When the
+    /// data comes within half a step of the preallocated end, the next step is preallocated in
+    /// the background; writes past it (a burst outrunning it) still work, only slower.
+    pub preallocate_step_bytes: u64,
     /// Bytes of the key -> latest offset map that one compaction pass builds. When reached, the
     /// pass compacts only the segments scanned so far; the next pass continues (keeping an
     /// older value a little longer is always safe).
@@ -200,6 +205,7 @@ impl Default for StorageLimits {
             read_chunk_bytes: 256 * 1024,
             cache_bytes_max: 64 << 20,
             compaction_map_bytes_max: 32 << 20,
+            preallocate_step_bytes: 32 << 20,
         }
     }
 }

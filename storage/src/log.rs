@@ -257,6 +257,10 @@ impl Log {
             let interval = self.config.borrow().index_interval_bytes;
             st.active.index.add(&h, pos, interval);
             st.active.appender.copy_in(&bytes, last);
+            st.active.appender.extend_preallocation(
+                self.limits.preallocate_step_bytes,
+                self.config.borrow().segment_bytes,
+            );
             if st.terms.last().map(|t| t.0) != Some(term) {
                 st.terms.push((term, base));
             }
@@ -495,7 +499,15 @@ impl Log {
         }
         let now = self.clock.now_ms();
         let mut st = self.state.borrow_mut();
-        let appender = Appender::new(new_file, new_path, self.limits.write_buffer_bytes, 0, &[]);
+        let prealloc = self.initial_preallocation(0);
+        let appender = Appender::new(
+            new_file,
+            new_path,
+            self.limits.write_buffer_bytes,
+            0,
+            &[],
+            prealloc,
+        );
         let old = std::mem::replace(
             &mut st.active,
             Active {
@@ -517,6 +529,12 @@ impl Log {
         Ok(())
     }
 
+    /// How much of a segment whose data ends at `end_pos` to preallocate up front.
+    pub(crate) fn initial_preallocation(&self, end_pos: u64) -> u64 {
+        let segment_bytes = self.config.borrow().segment_bytes;
+        (end_pos + self.limits.preallocate_step_bytes).min(segment_bytes.max(end_pos))
+    }
+
     /// Creates and preallocates a segment file at its final name.
     pub(crate) async fn create_segment_file(&self, base: Offset) -> Result<Rc<DmaFile>> {
         self.create_segment_file_at(&segment::log_path(&self.dir, base))
@@ -534,7 +552,7 @@ impl Log {
             .dma_open(&path)
             .await
             .map_err(|e| StorageError::glommio("creating segment", &path, e))?;
-        let size = self.config.borrow().segment_bytes;
+        let size = self.initial_preallocation(0);
         if let Err(e) = f.pre_allocate(size, false).await {
             let _ = f.close().await;
             let _ = file::remove_if_exists(&path).await;

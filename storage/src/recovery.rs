@@ -124,11 +124,11 @@ pub(crate) async fn open(
     if let Some(why) = end.stopped_because.as_deref().filter(|_| end.end_pos > 0) {
         tracing::info!(path = %path.display(), end_pos = end.end_pos, reason = why, "recovered active segment");
     }
+    let prealloc =
+        (end.end_pos + limits.preallocate_step_bytes).min(config.segment_bytes.max(end.end_pos));
     let cut = async {
         active_file.truncate(end.end_pos).await?;
-        active_file
-            .pre_allocate(config.segment_bytes, false)
-            .await?;
+        active_file.pre_allocate(prealloc, false).await?;
         active_file.fdatasync().await
     }
     .await;
@@ -143,6 +143,7 @@ pub(crate) async fn open(
         limits.write_buffer_bytes,
         end.end_pos,
         &tail,
+        prealloc,
     );
 
     let mut terms: Vec<(Term, Offset)> = Vec::new();

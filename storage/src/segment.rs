@@ -14,9 +14,9 @@
 //! start_offset                         log start offset checkpoint (truncate_prefix)
 //! *.tmp                                half-written checked files, deleted at open
 //! ```
-//! The segment with the highest base offset is the active one. It is preallocated to
-//! `segment.bytes` (ext4 serializes direct writes that extend a file), so its file size says
-//! nothing; its logical end is found by scanning. A sealed segment's file is truncated to its
+//! The segment with the highest base offset is the active one. It is preallocated ahead of the
+//! write position in steps (ext4 serializes direct writes that extend a file), so its file size
+//! says nothing; its logical end is found by scanning. A sealed segment's file is truncated to its
 //! logical size.
 //!
 //! ## Validity of a batch on disk

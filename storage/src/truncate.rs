@@ -146,7 +146,14 @@ impl Log {
             }
         }
         let path = segment::log_path(&self.dir, new_end);
-        let appender = Appender::new(new_file, path, self.limits.write_buffer_bytes, 0, &[]);
+        let appender = Appender::new(
+            new_file,
+            path,
+            self.limits.write_buffer_bytes,
+            0,
+            &[],
+            self.initial_preallocation(0),
+        );
         self.install_active(SegmentIndex::new(new_end), appender, new_end);
         tracing::info!(dir = %self.dir.display(), from = %from, end = %new_end, "truncated suffix");
         Ok(new_end)
@@ -171,10 +178,10 @@ impl Log {
             allowed_terms: None,
         };
         let end = segment::scan(&file, &path, &mut index, limits).await?;
-        let segment_bytes = self.config.borrow().segment_bytes;
+        let prealloc = self.initial_preallocation(end.end_pos);
         let cut = async {
             file.truncate(end.end_pos).await?;
-            file.pre_allocate(segment_bytes, false).await?;
+            file.pre_allocate(prealloc, false).await?;
             file.fdatasync().await
         }
         .await;
@@ -186,6 +193,7 @@ impl Log {
             self.limits.write_buffer_bytes,
             end.end_pos,
             &tail,
+            prealloc,
         );
         Ok((index, appender))
     }
@@ -300,6 +308,7 @@ impl Log {
             self.limits.write_buffer_bytes,
             0,
             &[],
+            self.initial_preallocation(0),
         );
         let mut st = self.state.borrow_mut();
         st.sealed.clear();

@@ -213,6 +213,7 @@ pub fn limits() -> StorageLimits {
         read_chunk_bytes: 64 * 1024,
         cache_bytes_max: 256 * 1024,
         compaction_map_bytes_max: 1 << 20,
+        preallocate_step_bytes: 1 << 20,
     }
 }
 

@@ -44,6 +44,7 @@ pub fn small_limits() -> StorageLimits {
         read_chunk_bytes: 8 * 1024,
         cache_bytes_max: 64 * 1024,
         compaction_map_bytes_max: 1 << 20,
+        preallocate_step_bytes: 16 * 1024,
     }
 }
 
