@@ -52,7 +52,7 @@ pub struct ConfigError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogConfig {
     /// `segment.bytes`: roll to a new segment before the active one would exceed this size.
-    /// Segments are preallocated to this size.
+    /// Segments are preallocated in steps up to this size.
     pub segment_bytes: u64,
     /// `segment.ms`: roll a non-empty active segment older than this.
     pub segment_ms: i64,
