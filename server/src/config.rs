@@ -253,6 +253,35 @@ mod tests {
     }
 
     #[test]
+    fn toml_file_and_flags_override() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ringlog.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/var/lib/ringlog\"\nkafka_addr = \"127.0.0.1:9999\"\ncores = \"0,1\"\nfsync = false\nretention_ms = 60000\n",
+        )
+        .expect("write");
+        let flags = Flags {
+            config: Some(path.clone()),
+            kafka_addr: Some("127.0.0.1:7777".parse().expect("addr")),
+            ..Flags::default()
+        };
+        let c = Config::resolve(flags).expect("valid");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/ringlog"));
+        assert_eq!(c.kafka_addr.port(), 7777, "flags override the file");
+        assert_eq!(c.cores, CoreSpec::List(vec![0, 1]));
+        assert!(!c.fsync);
+        assert_eq!(c.log_defaults.retention_ms, 60000);
+        std::fs::write(&path, "no_such_setting = 1\n").expect("write");
+        let err = Config::resolve(Flags {
+            config: Some(path),
+            ..Flags::default()
+        })
+        .expect_err("unknown keys are refused");
+        assert!(err.contains("no_such_setting"), "{err}");
+    }
+
+    #[test]
     fn defaults_need_no_file() {
         let c = Config::resolve(Flags::default()).expect("defaults");
         assert_eq!(c.kafka_addr.port(), 9092);
