@@ -266,12 +266,7 @@ impl Controller {
     ) -> Result<(), KafkaError> {
         let _one = self.one_change.acquire(1).await;
         let image = self.image();
-        let t = image.topics.get(name).ok_or_else(|| {
-            KafkaError::new(
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic {name} does not exist"),
-            )
-        })?;
+        let t = topic_or_unknown(&image, name)?;
         let have = t.partitions.len() as i32;
         if count <= have || count > shard.config.limits.partitions_per_topic_max {
             return Err(KafkaError::new(
@@ -305,12 +300,7 @@ impl Controller {
     ) -> Result<(), KafkaError> {
         let _one = self.one_change.acquire(1).await;
         let image = self.image();
-        let t = image.topics.get(name).ok_or_else(|| {
-            KafkaError::new(
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic {name} does not exist"),
-            )
-        })?;
+        let t = topic_or_unknown(&image, name)?;
         let mut configs = if incremental {
             t.configs.clone()
         } else {
@@ -356,6 +346,19 @@ pub async fn broadcast(shard: &Rc<Shard>, image: Arc<MetadataImage>) {
             tracing::warn!(error = %e, "metadata broadcast");
         }
     }
+}
+
+/// The topic, or UNKNOWN_TOPIC_OR_PARTITION.
+fn topic_or_unknown<'a>(
+    image: &'a MetadataImage,
+    name: &str,
+) -> Result<&'a Arc<super::TopicMeta>, KafkaError> {
+    image.topics.get(name).ok_or_else(|| {
+        KafkaError::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("topic {name} does not exist"),
+        )
+    })
 }
 
 /// Picks the least-loaded core for each of `count` new partitions.

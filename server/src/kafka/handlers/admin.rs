@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use crate::kafka::errors::KafkaError;
 use crate::metadata::controller::NewTopic;
+use crate::metadata::Controller;
 use crate::shard::{Shard, ShardId};
 
 const RESOURCE_TOPIC: i8 = 2;
@@ -51,16 +52,33 @@ pub async fn create_topics_via_controller(
     validate_only: bool,
 ) -> Vec<Result<(i32, Uuid), KafkaError>> {
     let n = topics.len();
-    let r = shard
+    on_controller(
+        shard,
+        vec![Err(controller_gone()); n],
+        move |c, s| async move { c.create_topics(&s, topics, validate_only).await },
+    )
+    .await
+}
+
+/// Runs `f` with the controller on core 0; `unreachable` is the answer when the controller is
+/// not there (shutting down).
+async fn on_controller<T, F, Fut>(shard: &Rc<Shard>, unreachable: T, f: F) -> T
+where
+    T: Clone + Send + 'static,
+    F: FnOnce(Rc<Controller>, Rc<Shard>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    let fallback = unreachable.clone();
+    shard
         .invoke_on(ShardId(0), move |s| async move {
             let c = s.controller.borrow().clone();
             match c {
-                Some(c) => c.create_topics(&s, topics, validate_only).await,
-                None => vec![Err(controller_gone()); n],
+                Some(c) => f(c, s).await,
+                None => unreachable,
             }
         })
-        .await;
-    r.unwrap_or_else(|_| vec![Err(controller_gone()); n])
+        .await
+        .unwrap_or(fallback)
 }
 
 fn msg(e: &KafkaError) -> Option<StrBytes> {
@@ -153,16 +171,12 @@ pub async fn delete_topics(shard: &Rc<Shard>, req: DeleteTopicsRequest) -> Delet
         .map(|(n, _)| n.clone().unwrap_or_default())
         .collect();
     let n = asks.len();
-    let results = shard
-        .invoke_on(ShardId(0), move |s| async move {
-            let c = s.controller.borrow().clone();
-            match c {
-                Some(c) => c.delete_topics(&s, asks).await,
-                None => vec![Err(controller_gone()); n],
-            }
-        })
-        .await
-        .unwrap_or_else(|_| vec![Err(controller_gone()); n]);
+    let results = on_controller(
+        shard,
+        vec![Err(controller_gone()); n],
+        move |c, s| async move { c.delete_topics(&s, asks).await },
+    )
+    .await;
     let responses = names
         .into_iter()
         .zip(results)
@@ -197,16 +211,10 @@ pub async fn create_partitions(
                 "manual replica assignment is not supported",
             ))
         } else {
-            shard
-                .invoke_on(ShardId(0), move |s| async move {
-                    let c = s.controller.borrow().clone();
-                    match c {
-                        Some(c) => c.create_partitions(&s, &name, count, validate_only).await,
-                        None => Err(controller_gone()),
-                    }
-                })
-                .await
-                .unwrap_or_else(|_| Err(controller_gone()))
+            on_controller(shard, Err(controller_gone()), move |c, s| async move {
+                c.create_partitions(&s, &name, count, validate_only).await
+            })
+            .await
         };
         let out = CreatePartitionsTopicResult::default().with_name(t.name);
         results.push(match r {
@@ -318,19 +326,11 @@ async fn set_topic_configs(
             format!("only topic configs can be altered (resource type {resource_type})"),
         ));
     }
-    shard
-        .invoke_on(ShardId(0), move |s| async move {
-            let c = s.controller.borrow().clone();
-            match c {
-                Some(c) => {
-                    c.set_configs(&s, &name, changes, incremental, validate_only)
-                        .await
-                }
-                None => Err(controller_gone()),
-            }
-        })
-        .await
-        .unwrap_or_else(|_| Err(controller_gone()))
+    on_controller(shard, Err(controller_gone()), move |c, s| async move {
+        c.set_configs(&s, &name, changes, incremental, validate_only)
+            .await
+    })
+    .await
 }
 
 /// AlterConfigs (replaces a topic's overrides).
