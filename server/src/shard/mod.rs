@@ -3,8 +3,10 @@
 //!
 //! Runs on its own core; `Shard` is `!Send` and shared by that core's tasks through `Rc`. The
 //! only way to touch another core's state is [`Shard::invoke_on`], which sends a closure over
-//! glommio's bounded cross-core channels (the mesh) to run on the owner, Seastar-style; the
-//! owner re-checks ownership when the closure runs.
+//! bounded cross-core queues (the mesh: one inbox per core) to run on the owner, Seastar-style;
+//! the owner re-checks ownership when the closure runs. The queues are `futures` channels, not
+//! glommio's channel mesh: with glommio's, two-core brokers corrupted the heap now and then at
+//! startup (glibc "unaligned tcache chunk"), which the one-core broker never did.
 
 pub mod runtime;
 
@@ -15,7 +17,6 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use glommio::channels::channel_mesh::Senders;
 use ringlog_storage::BatchCache;
 use serde::{Deserialize, Serialize};
 
@@ -54,7 +55,7 @@ pub struct Shard {
     pub config: Arc<Config>,
     /// Host and port clients are told to use.
     pub advertised: (String, u16),
-    senders: Senders<Job>,
+    pub(crate) senders: Vec<futures::channel::mpsc::Sender<Job>>,
     /// Read copy of the metadata image.
     pub image: RefCell<Arc<MetadataImage>>,
     /// Partitions this core owns.
@@ -89,7 +90,13 @@ impl Shard {
                 let _ = tx.send(f(shard).await);
             })
         });
-        if self.senders.send_to(target.0 as usize, job).await.is_err() {
+        let Some(sender) = self.senders.get(target.0 as usize) else {
+            return Err(MeshClosed(target));
+        };
+        if futures::SinkExt::send(&mut sender.clone(), job)
+            .await
+            .is_err()
+        {
             return Err(MeshClosed(target));
         }
         rx.await.map_err(|_| MeshClosed(target))

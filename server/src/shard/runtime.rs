@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use ringlog_storage::BatchCache;
 
@@ -45,7 +44,7 @@ pub fn run(config: Config) -> Result<(), String> {
         .unwrap_or_else(|| (config.kafka_addr.ip().to_string(), config.kafka_addr.port()));
     install_signal_thread()?;
     let config = Arc::new(config);
-    let mesh: MeshBuilder<Job, _> = MeshBuilder::full(shard_count, config.limits.mesh_queue_depth);
+    let mesh = Arc::new(Mesh::new(shard_count, config.limits.mesh_queue_depth));
     tracing::info!(cores = shard_count, addr = %config.kafka_addr, data_dir = %config.data_dir.display(), "starting ringlog");
     let handles = LocalExecutorPoolBuilder::new(placement)
         .io_memory(config.io_memory_bytes)
@@ -98,15 +97,11 @@ fn placement(cores: &CoreSpec) -> Result<PoolPlacement, String> {
 
 async fn shard_main(
     config: Arc<Config>,
-    mesh: MeshBuilder<Job, glommio::channels::channel_mesh::Full>,
+    mesh: Arc<Mesh>,
     shard_count: usize,
     advertised: (String, u16),
 ) -> Result<(), String> {
-    let (senders, mut receivers) = mesh
-        .join()
-        .await
-        .map_err(|_| "joining the core mesh".to_string())?;
-    let id = ShardId(senders.peer_id() as u16);
+    let (id, senders, inbox) = mesh.join().ok_or("joining the core mesh")?;
     let shard = Rc::new(Shard {
         id,
         shard_count,
@@ -119,13 +114,11 @@ async fn shard_main(
         controller: RefCell::new(None),
         connections: Cell::new(0),
     });
-    let streams = receivers.streams();
-    let per_peer = (config.limits.mesh_jobs_in_flight_max / streams.len().max(1)).max(1);
-    for (_, stream) in streams {
+    {
         let shard = shard.clone();
-        // At most `per_peer` jobs from each peer run at once; past that the peer's bounded
-        // queue fills and its senders wait.
-        glommio::spawn_local(stream.for_each_concurrent(per_peer, move |job| job(shard.clone())))
+        let max = config.limits.mesh_jobs_in_flight_max;
+        // At most `max` jobs run at once; past that the inbox fills and senders wait.
+        glommio::spawn_local(inbox.for_each_concurrent(max, move |job| job(shard.clone())))
             .detach();
     }
     if id.0 == 0 {
@@ -198,6 +191,43 @@ fn spawn_housekeeping(shard: Rc<Shard>) -> Result<glommio::Task<()>, String> {
     )
     .map_err(|e| format!("starting housekeeping: {e}"))?;
     Ok(task)
+}
+
+/// The cross-core queues: one bounded inbox per core, which every core may send to. Built
+/// before the executors start; each executor takes its index and inbox once.
+pub struct Mesh {
+    next_id: std::sync::atomic::AtomicUsize,
+    senders: Vec<futures::channel::mpsc::Sender<Job>>,
+    inboxes: std::sync::Mutex<Vec<Option<futures::channel::mpsc::Receiver<Job>>>>,
+}
+
+impl Mesh {
+    fn new(shard_count: usize, depth: usize) -> Mesh {
+        let (senders, inboxes) = (0..shard_count)
+            .map(|_| {
+                let (tx, rx) = futures::channel::mpsc::channel(depth);
+                (tx, Some(rx))
+            })
+            .unzip();
+        Mesh {
+            next_id: std::sync::atomic::AtomicUsize::new(0),
+            senders,
+            inboxes: std::sync::Mutex::new(inboxes),
+        }
+    }
+
+    /// This executor's id, senders to every core, and its own inbox.
+    fn join(
+        &self,
+    ) -> Option<(
+        ShardId,
+        Vec<futures::channel::mpsc::Sender<Job>>,
+        futures::channel::mpsc::Receiver<Job>,
+    )> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let inbox = self.inboxes.lock().ok()?.get_mut(id)?.take()?;
+        Some((ShardId(id as u16), self.senders.clone(), inbox))
+    }
 }
 
 /// Installs the image on this core: opens partitions it now owns, closes and deletes those
