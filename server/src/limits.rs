@@ -18,7 +18,8 @@ pub struct Limits {
     pub request_bytes_in_flight_per_connection_max: usize,
     /// Open client connections per core. Past it, new connections are closed at once.
     pub connections_per_core_max: usize,
-    /// Messages queued from one core to another. When full, the sender waits.
+    /// Jobs one core may have outstanding on another (queued or running, until the reply
+    /// arrives). When all are taken, the sender waits.
     pub mesh_queue_depth: usize,
     /// Cross-core jobs running at once on one core. When reached, the core stops taking jobs
     /// off the mesh (senders then wait on the full queue).

@@ -56,6 +56,9 @@ pub struct Shard {
     /// Host and port clients are told to use.
     pub advertised: (String, u16),
     pub(crate) senders: Vec<futures::channel::mpsc::Sender<Job>>,
+    /// Jobs this core has outstanding on each other core (`mesh_queue_depth` each): a job
+    /// holds its slot until its reply arrives; when all are taken, `invoke_on` waits.
+    pub(crate) mesh_slots: Vec<Rc<ringlog_storage::sync::LocalSemaphore>>,
     /// Read copy of the metadata image.
     pub image: RefCell<Arc<MetadataImage>>,
     /// Partitions this core owns.
@@ -90,9 +93,13 @@ impl Shard {
                 let _ = tx.send(f(shard).await);
             })
         });
-        let Some(sender) = self.senders.get(target.0 as usize) else {
+        let (Some(sender), Some(slots)) = (
+            self.senders.get(target.0 as usize),
+            self.mesh_slots.get(target.0 as usize),
+        ) else {
             return Err(MeshClosed(target));
         };
+        let _slot = slots.acquire(1).await;
         if futures::SinkExt::send(&mut sender.clone(), job)
             .await
             .is_err()

@@ -108,6 +108,11 @@ async fn shard_main(
         cache: BatchCache::new(config.storage.cache_bytes_max),
         config: config.clone(),
         advertised,
+        mesh_slots: (0..shard_count)
+            .map(|_| {
+                ringlog_storage::sync::LocalSemaphore::new(config.limits.mesh_queue_depth as u64)
+            })
+            .collect(),
         senders,
         image: RefCell::new(Arc::new(MetadataImage::default())),
         partitions: RefCell::new(HashMap::new()),
