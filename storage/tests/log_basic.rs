@@ -102,3 +102,40 @@ fn append_flush_read_roll_reopen() {
         assert_eq!(log.end_offset(), Offset(101));
     });
 }
+
+#[test]
+fn offset_for_timestamp_finds_first_record_at_or_after() {
+    use ringlog_storage::batch::testing::{encode_batch, TestRecord};
+    use ringlog_storage::TimestampMs;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run_local(move || async move {
+        let log = open(
+            &path,
+            small_config(16 * 1024),
+            small_limits(),
+            Rc::new(SystemClock),
+        )
+        .await;
+        for i in 0..10i64 {
+            let rec = TestRecord {
+                key: None,
+                value: Some(vec![1; 10]),
+            };
+            let b = encode_batch(&[rec.clone(), rec], 1_000 + i * 20);
+            log.append(b, Term(1)).await.expect("append");
+        }
+        log.flush().await.expect("flush");
+        let at = |ts| log.offset_for_timestamp(TimestampMs(ts));
+        assert_eq!(
+            at(1_000).await.expect("lookup").map(|x| x.0),
+            Some(Offset(0))
+        );
+        assert_eq!(
+            at(1_041).await.expect("lookup").map(|x| x.0),
+            Some(Offset(6))
+        );
+        assert_eq!(at(999).await.expect("lookup").map(|x| x.0), Some(Offset(0)));
+        assert_eq!(at(5_000).await.expect("lookup"), None);
+    });
+}
