@@ -356,13 +356,14 @@ fn read_varint(b: &mut Bytes) -> Result<i64, BatchError> {
     Err(BatchError::BadField("varint"))
 }
 
-/// Test and benchmark support: builds valid batches without a Kafka client.
-pub mod testing {
+/// Builds valid uncompressed batches without a Kafka client: the broker's own internal records
+/// (the metadata log), tests and benchmarks.
+pub mod build {
     use super::*;
 
     /// One record to encode.
     #[derive(Clone, Debug)]
-    pub struct TestRecord {
+    pub struct NewRecord {
         /// Key bytes, or None.
         pub key: Option<Vec<u8>>,
         /// Value bytes, or None for a tombstone.
@@ -392,7 +393,7 @@ pub mod testing {
     }
 
     /// Encodes an uncompressed RecordBatch v2 with base offset 0, as a producer would send it.
-    pub fn encode_batch(records: &[TestRecord], timestamp_ms: i64) -> BytesMut {
+    pub fn encode_batch(records: &[NewRecord], timestamp_ms: i64) -> BytesMut {
         let mut body = BytesMut::new();
         for (i, r) in records.iter().enumerate() {
             let mut rec = BytesMut::new();
@@ -428,8 +429,8 @@ pub mod testing {
     /// A batch of `count` records whose values are `value_size_bytes` bytes each, filled with
     /// `fill`. Keys are none.
     pub fn filler_batch(count: usize, value_size_bytes: usize, fill: u8) -> BytesMut {
-        let recs: Vec<TestRecord> = (0..count)
-            .map(|_| TestRecord {
+        let recs: Vec<NewRecord> = (0..count)
+            .map(|_| NewRecord {
                 key: None,
                 value: Some(vec![fill; value_size_bytes]),
             })
@@ -440,12 +441,12 @@ pub mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::*;
+    use super::build::*;
     use super::*;
     use proptest::prelude::*;
 
-    fn rec(k: &[u8], v: Option<&[u8]>) -> TestRecord {
-        TestRecord {
+    fn rec(k: &[u8], v: Option<&[u8]>) -> NewRecord {
+        NewRecord {
             key: Some(k.to_vec()),
             value: v.map(|v| v.to_vec()),
         }
@@ -524,7 +525,7 @@ mod tests {
         /// Encoded records round-trip through the parser.
         #[test]
         fn records_roundtrip(keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 1..20)) {
-            let recs: Vec<TestRecord> = keys.iter().map(|k| TestRecord { key: Some(k.clone()), value: Some(k.clone()) }).collect();
+            let recs: Vec<NewRecord> = keys.iter().map(|k| NewRecord { key: Some(k.clone()), value: Some(k.clone()) }).collect();
             let b = Batch::parse(encode_batch(&recs, 1).freeze()).expect("valid");
             let parsed = records(&b).expect("records");
             prop_assert_eq!(parsed.len(), keys.len());

@@ -218,7 +218,7 @@ impl SegmentIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{stamp, testing::filler_batch, Batch};
+    use crate::batch::{build::filler_batch, stamp, Batch};
 
     fn header(base: i64, term: i32, ts: i64) -> BatchHeader {
         let mut b = filler_batch(3, 100, 1);

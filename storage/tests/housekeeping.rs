@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use common::*;
-use ringlog_storage::batch::testing::{encode_batch, TestRecord};
+use ringlog_storage::batch::build::{encode_batch, NewRecord};
 use ringlog_storage::{
     batch, Batch, BatchHeader, CleanupPolicy, Log, ManualClock, Offset, StorageError, Term,
 };
@@ -37,7 +37,7 @@ async fn read_all(log: &Log) -> Vec<Bytes> {
 }
 
 fn keyed(key: &str, value: Option<&str>, ts_ms: i64) -> bytes::BytesMut {
-    let rec = TestRecord {
+    let rec = NewRecord {
         key: Some(key.as_bytes().to_vec()),
         value: value.map(|v| v.as_bytes().to_vec()),
     };

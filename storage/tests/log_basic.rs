@@ -105,7 +105,7 @@ fn append_flush_read_roll_reopen() {
 
 #[test]
 fn offset_for_timestamp_finds_first_record_at_or_after() {
-    use ringlog_storage::batch::testing::{encode_batch, TestRecord};
+    use ringlog_storage::batch::build::{encode_batch, NewRecord};
     use ringlog_storage::TimestampMs;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
@@ -118,7 +118,7 @@ fn offset_for_timestamp_finds_first_record_at_or_after() {
         )
         .await;
         for i in 0..10i64 {
-            let rec = TestRecord {
+            let rec = NewRecord {
                 key: None,
                 value: Some(vec![1; 10]),
             };

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
-use ringlog_storage::batch::testing::{encode_batch, TestRecord};
+use ringlog_storage::batch::build::{encode_batch, NewRecord};
 use ringlog_storage::sync::LocalSemaphore;
 use ringlog_storage::{batch, Log, LogConfig, Offset, Term};
 use uuid::Uuid;
@@ -110,7 +110,7 @@ impl Controller {
         for r in records {
             let value = r.encode();
             let b = encode_batch(
-                &[TestRecord {
+                &[NewRecord {
                     key: None,
                     value: Some(value),
                 }],

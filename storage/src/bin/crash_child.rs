@@ -26,7 +26,7 @@ use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use glommio::{LocalExecutorBuilder, Placement};
-use ringlog_storage::batch::testing::{encode_batch, TestRecord};
+use ringlog_storage::batch::build::{encode_batch, NewRecord};
 use ringlog_storage::{
     BatchCache, Log, LogConfig, Offset, StorageError, StorageLimits, SystemClock, Term,
 };
@@ -66,10 +66,10 @@ pub fn record_value(offset: i64) -> Vec<u8> {
 
 /// The batch a producer sends for base offset `base` (not yet stamped by the log).
 pub fn expected_batch(base: i64) -> BytesMut {
-    let recs: Vec<TestRecord> = (0..batch_records(base))
+    let recs: Vec<NewRecord> = (0..batch_records(base))
         .map(|i| {
             let offset = base + i as i64;
-            TestRecord {
+            NewRecord {
                 key: Some(format!("k{}", offset % 97).into_bytes()),
                 value: Some(record_value(offset)),
             }
@@ -296,7 +296,7 @@ async fn run(args: Args) -> i32 {
 
 /// `--fsize-limit` mode: one batch larger than the limit, which must fail.
 async fn oversized(log: &Log, limit: u64) -> i32 {
-    let recs = [TestRecord {
+    let recs = [NewRecord {
         key: Some(b"oversized".to_vec()),
         value: Some(vec![b'o'; limit as usize + 64 * 1024]),
     }];

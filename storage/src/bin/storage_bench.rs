@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
-use ringlog_storage::batch::testing::{encode_batch, TestRecord};
+use ringlog_storage::batch::build::{encode_batch, NewRecord};
 use ringlog_storage::{BatchCache, Log, LogConfig, StorageLimits, SystemClock, Term};
 use serde_json::{json, Value};
 
@@ -205,8 +205,8 @@ fn exact_batch(size: usize) -> Result<BytesMut, String> {
     let value = (size.saturating_sub(61) / count).saturating_sub(8).max(1);
     let mut last = value;
     for _ in 0..32 {
-        let mut recs: Vec<TestRecord> = (0..count)
-            .map(|i| TestRecord {
+        let mut recs: Vec<NewRecord> = (0..count)
+            .map(|i| NewRecord {
                 key: None,
                 value: Some(vec![b'a' + (i % 26) as u8; value]),
             })

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use bytes::BytesMut;
 use glommio::{LocalExecutorBuilder, Placement};
-use ringlog_storage::batch::testing::{encode_batch, TestRecord};
+use ringlog_storage::batch::build::{encode_batch, NewRecord};
 use ringlog_storage::{BatchCache, Clock, Log, LogConfig, StorageLimits};
 
 /// Runs `f` on a fresh single-core glommio executor (not pinned) and returns its output.
@@ -63,8 +63,8 @@ pub async fn open(
 
 /// A batch of `n` records with values derived from `tag` (so content can be checked).
 pub fn batch(n: usize, tag: u64, value_bytes: usize) -> BytesMut {
-    let recs: Vec<TestRecord> = (0..n)
-        .map(|i| TestRecord {
+    let recs: Vec<NewRecord> = (0..n)
+        .map(|i| NewRecord {
             key: Some(format!("k{}", (tag + i as u64) % 7).into_bytes()),
             value: Some(format!("{tag}-{i}-{}", "x".repeat(value_bytes)).into_bytes()),
         })
