@@ -29,9 +29,12 @@ static STOPPING: AtomicBool = AtomicBool::new(false);
 pub fn run(config: Config) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("creating data dir {}: {e}", config.data_dir.display()))?;
+    let mut config = config;
+    // glommio opens files relative to no directory: every path it sees must be absolute.
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(|e| format!("resolving data dir {}: {e}", config.data_dir.display()))?;
     let placement = placement(&config.cores)?;
     let shard_count = placement.executor_count();
-    let mut config = config;
     if config.kafka_addr.port() == 0 {
         // Every core binds the same port (SO_REUSEPORT): pick a free one first.
         let l = std::net::TcpListener::bind(config.kafka_addr)
@@ -53,7 +56,15 @@ pub fn run(config: Config) -> Result<(), String> {
             let config = config.clone();
             let mesh = mesh.clone();
             let advertised = advertised.clone();
-            async move { shard_main(config, mesh, shard_count, advertised).await }
+            async move {
+                let r = shard_main(config, mesh, shard_count, advertised).await;
+                if let Err(e) = &r {
+                    // One core failing stops them all (fail-stop), instead of a half-alive broker.
+                    tracing::error!(error = %e, "core failed; stopping the broker");
+                    STOPPING.store(true, Ordering::Relaxed);
+                }
+                r
+            }
         })
         .map_err(|e| format!("starting executors: {e}"))?;
     let mut failure = None;
@@ -133,6 +144,9 @@ async fn shard_main(
     } else {
         // Wait for the first image from core 0 before serving.
         while shard.image().cluster_id.is_empty() {
+            if STOPPING.load(Ordering::Relaxed) {
+                return Err("stopped before core 0 published the metadata".into());
+            }
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
     }
