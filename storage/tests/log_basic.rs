@@ -7,18 +7,23 @@ use std::rc::Rc;
 use common::*;
 use ringlog_storage::{BatchHeader, Offset, StorageError, SystemClock, Term};
 
+/// The log these tests use: 16 KiB segments, small buffers, the system clock.
+async fn open_small(path: &std::path::Path) -> ringlog_storage::Log {
+    open(
+        path,
+        small_config(16 * 1024),
+        small_limits(),
+        Rc::new(SystemClock),
+    )
+    .await
+}
+
 #[test]
 fn append_flush_read_roll_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     run_local(move || async move {
-        let log = open(
-            &path,
-            small_config(16 * 1024),
-            small_limits(),
-            Rc::new(SystemClock),
-        )
-        .await;
+        let log = open_small(&path).await;
         let mut expected = Vec::new();
         for i in 0..200u64 {
             let b = batch(3, i, 100);
@@ -39,13 +44,7 @@ fn append_flush_read_roll_reopen() {
         assert_eq!(BatchHeader::read(&got[0]).base_offset, Offset(300));
         log.close().await.expect("close");
 
-        let log = open(
-            &path,
-            small_config(16 * 1024),
-            small_limits(),
-            Rc::new(SystemClock),
-        )
-        .await;
+        let log = open_small(&path).await;
         assert_eq!(log.end_offset(), Offset(600));
         let mut at = Offset(0);
         let mut n = 0;
@@ -76,13 +75,7 @@ fn append_flush_read_roll_reopen() {
         assert_eq!(log.term_at(Offset(98)), Some(Term(1)));
         log.close().await.expect("close");
 
-        let log = open(
-            &path,
-            small_config(16 * 1024),
-            small_limits(),
-            Rc::new(SystemClock),
-        )
-        .await;
+        let log = open_small(&path).await;
         assert_eq!(log.end_offset(), Offset(101));
         log.truncate_prefix(Offset(50)).await.expect("prefix");
         assert_eq!(log.start_offset(), Offset(50));
@@ -91,13 +84,7 @@ fn append_flush_read_roll_reopen() {
             Err(StorageError::OffsetOutOfRange { .. })
         ));
         log.close().await.expect("close");
-        let log = open(
-            &path,
-            small_config(16 * 1024),
-            small_limits(),
-            Rc::new(SystemClock),
-        )
-        .await;
+        let log = open_small(&path).await;
         assert_eq!(log.start_offset(), Offset(50));
         assert_eq!(log.end_offset(), Offset(101));
     });
@@ -110,13 +97,7 @@ fn offset_for_timestamp_finds_first_record_at_or_after() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     run_local(move || async move {
-        let log = open(
-            &path,
-            small_config(16 * 1024),
-            small_limits(),
-            Rc::new(SystemClock),
-        )
-        .await;
+        let log = open_small(&path).await;
         for i in 0..10i64 {
             let rec = NewRecord {
                 key: None,
