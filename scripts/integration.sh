@@ -9,6 +9,7 @@
 #
 # Environment:
 #   RINGLOG_BIN              use this broker binary and skip the cargo build
+#   LOADGEN_BIN              use this ringlog-loadgen binary and skip its cargo build
 #   BROKER_CMD_TEMPLATE      test another Kafka-compatible broker (see tests/python/conftest.py);
 #                            skips the cargo build
 #   INTEGRATION_TIMEOUT      global limit in seconds for the pytest run (default 1800)
@@ -42,6 +43,10 @@ fi
 # The broker (debug build: the tests' default RINGLOG_BIN is target/debug/ringlog).
 if [ -z "${RINGLOG_BIN:-}" ] && [ -z "${BROKER_CMD_TEMPLATE:-}" ]; then
   cargo build -p ringlog-server --bin ringlog
+fi
+# The load generator (tests/python/test_loadgen.py; LOADGEN_BIN overrides).
+if [ -z "${LOADGEN_BIN:-}" ]; then
+  cargo build -p ringlog-loadgen --bin ringlog-loadgen
 fi
 
 # Broker data must live on a disk filesystem: O_DIRECT does not work on tmpfs.
