@@ -125,7 +125,9 @@ fio_run() {
 # Built before anything is measured, so the compiler does not share the disk with fio.
 log "building ringlog-storage-bench (release)"
 (cd "$ROOT" && timeout 1200 cargo build --release --quiet -p ringlog-storage --bin ringlog-storage-bench)
-BENCH="$ROOT/target/release/ringlog-storage-bench"
+# Where cargo put it: CARGO_TARGET_DIR when set (a private build dir), else the workspace's.
+BENCH="${CARGO_TARGET_DIR:-$ROOT/target}/release/ringlog-storage-bench"
+[[ -x $BENCH ]] || die "no bench binary at $BENCH"
 
 # Each round runs fio then the log back to back, so a change in the device's behaviour during
 # the run (a shared virtual disk drifts by 2x within minutes) hits both sides of a ratio.
