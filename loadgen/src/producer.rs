@@ -78,6 +78,8 @@ struct Producer {
     ctx: ProducerCtx,
     payloads: Payloads,
     batches: Vec<Option<Batch>>,
+    /// Partitions with an open batch (so a turn looks at those, not at every partition).
+    open: Vec<usize>,
     buffered_bytes: usize,
     sticky: usize,
     conns: HashMap<i32, Rc<Connection>>,
@@ -99,6 +101,7 @@ pub async fn run(ctx: ProducerCtx) {
     let mut p = Producer {
         payloads,
         batches: (0..w.partitions).map(|_| None).collect(),
+        open: Vec::new(),
         buffered_bytes: 0,
         sticky,
         conns: HashMap::new(),
@@ -120,18 +123,24 @@ impl Producer {
         let window = self.ctx.stats.window();
         let producers = w.producers as f64;
         // Constant rate: the schedule.
-        let (step, phase) = match w.rate {
+        // Constant rate: the schedule, in nanoseconds (f64 keeps fractional steps exact enough:
+        // 2^53 ns is 104 days).
+        let (step, phase_ns) = match w.rate {
             Rate::Constant(r) => {
-                let step = Duration::from_secs_f64(producers / r);
-                (Some(step), step.mul_f64(self.ctx.id as f64 / producers))
+                let step_ns = 1e9 * producers / r;
+                (Some(step_ns), step_ns * self.ctx.id as f64 / producers)
             }
-            Rate::Max => (None, Duration::ZERO),
+            Rate::Max => (None, 0.0),
         };
         let mut next_i: u64 = 0;
         let intended_of = |i: u64| -> Instant {
             let s = step.unwrap_or_default();
-            window.t0 + phase + s.mul_f64(i as f64)
+            window.t0 + Duration::from_nanos((phase_ns + s * i as f64) as u64)
         };
+        // Waking for every message at high rates costs more than the messages: a producer
+        // sleeps at least `producer_tick_us` (the messages that fall due meanwhile keep their
+        // intended times, so the wait is in their latency, not hidden).
+        let tick = Duration::from_micros(self.ctx.limits.producer_tick_us);
         let max_fill = match w.rate {
             Rate::Max => (2 * w.batch_size_bytes * w.max_in_flight)
                 .min(self.ctx.limits.producer_buffer_bytes_max),
@@ -213,7 +222,7 @@ impl Producer {
             let mut wake = now + Duration::from_micros(self.ctx.limits.producer_idle_sleep_us);
             if generating && self.buffered_bytes < max_fill {
                 match step {
-                    Some(_) => wake = wake.min(intended_of(next_i)),
+                    Some(_) => wake = wake.min(intended_of(next_i).max(now + tick)),
                     None => wake = now,
                 }
             }
@@ -261,6 +270,9 @@ impl Producer {
             None => self.sticky,
         };
         let timestamp_ms = (stamp / 1000) as i64;
+        if self.batches[partition].is_none() {
+            self.open.push(partition);
+        }
         let b = self.batches[partition].get_or_insert_with(|| Batch {
             records: Vec::new(),
             bytes: 0,
@@ -311,10 +323,13 @@ impl Producer {
     }
 
     fn next_linger_deadline(&self) -> Option<Instant> {
+        if self.ctx.workload.linger_ms == 0 {
+            return None;
+        }
         let linger = Duration::from_millis(self.ctx.workload.linger_ms);
-        self.batches
+        self.open
             .iter()
-            .flatten()
+            .filter_map(|p| self.batches[*p].as_ref())
             .map(|b| b.created + linger)
             .min()
     }
@@ -350,15 +365,21 @@ impl Producer {
 
     async fn send_ready(&mut self, now: Instant, flush_all: bool) {
         let w = self.ctx.workload.clone();
-        // Ready partitions by leader.
-        let mut by_node: HashMap<i32, Vec<usize>> = HashMap::new();
-        for (p, b) in self.batches.iter().enumerate() {
-            if let Some(b) = b {
-                if self.ready(b, now, flush_all) {
-                    let leader = self.ctx.view.borrow().leaders.get(p).copied().unwrap_or(-1);
-                    by_node.entry(leader).or_default().push(p);
-                }
+        // Ready partitions by leader (a short list: one entry per broker).
+        let mut by_node: Vec<(i32, Vec<usize>)> = Vec::new();
+        for &p in &self.open {
+            let Some(b) = &self.batches[p] else { continue };
+            if !self.ready(b, now, flush_all) {
+                continue;
             }
+            let leader = self.ctx.view.borrow().leaders.get(p).copied().unwrap_or(-1);
+            match by_node.iter_mut().find(|(n, _)| *n == leader) {
+                Some((_, v)) => v.push(p),
+                None => by_node.push((leader, vec![p])),
+            }
+        }
+        if by_node.is_empty() {
+            return;
         }
         for (node, parts) in by_node {
             if node < 0 {
@@ -386,6 +407,9 @@ impl Producer {
                     let Some(b) = self.batches[p].take() else {
                         continue;
                     };
+                    if let Some(i) = self.open.iter().position(|q| *q == p) {
+                        self.open.swap_remove(i);
+                    }
                     if self.ctx.workload.key_count.is_none() && p == self.sticky {
                         self.next_sticky();
                     }
@@ -565,6 +589,7 @@ impl Producer {
     fn give_up(&mut self) {
         let mut n = 0u64;
         let mut in_w = 0u64;
+        self.open.clear();
         for b in self.batches.iter_mut() {
             if let Some(b) = b.take() {
                 n += b.intended.len() as u64;

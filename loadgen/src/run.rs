@@ -14,7 +14,10 @@ use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::{CpuSet, LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement, PoolPlacement};
+use glommio::{
+    CpuSet, Latency, LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement, PoolPlacement,
+    Shares,
+};
 
 use crate::cluster::{self, ClusterView};
 use crate::consumer::{self, ConsumerCtx};
@@ -231,6 +234,15 @@ async fn core_main(
     let limits = Rc::new(limits);
     let view = Rc::new(RefCell::new(view));
     let stats = Rc::new(CoreStats::new(clock));
+    // glommio polls sockets only between task-queue runs, and preempts a busy queue only after
+    // its preempt timer (100 ms by default): a producer with work every turn (max rate, or
+    // behind schedule) would leave acks unread for that long. A latency-sensitive queue
+    // brings the timer down, so acks are read at least every `load_preempt_us`.
+    let tq = glommio::executor().create_task_queue(
+        Shares::default(),
+        Latency::Matters(Duration::from_micros(limits.load_preempt_us)),
+        "load",
+    );
     let failure: Rc<RefCell<Option<LoadgenError>>> = Rc::new(RefCell::new(None));
     // Consumers first: they position themselves, then wait for t0.
     let mut tasks = Vec::new();
@@ -247,7 +259,7 @@ async fn core_main(
             shared: shared.clone(),
         };
         let (failure, shared) = (failure.clone(), shared.clone());
-        tasks.push(glommio::spawn_local(async move {
+        tasks.push(spawn_into(tq, async move {
             if let Err(e) = consumer::run(ctx).await {
                 eprintln!("consumer {c}: {e}");
                 shared.abort.store(true, Ordering::Relaxed);
@@ -282,22 +294,23 @@ async fn core_main(
             stats: stats.clone(),
             shared: shared.clone(),
         };
-        tasks.push(glommio::spawn_local(producer::run(ctx)));
+        tasks.push(spawn_into(tq, producer::run(ctx)));
     }
-    // The ticker: one report per second.
+    // The ticker: one report per second. `next` is the second being accumulated.
     let done = Rc::new(std::cell::Cell::new(false));
+    let next = Rc::new(std::cell::Cell::new(0u64));
     let ticker = {
-        let (stats, done, tx) = (stats.clone(), done.clone(), tx.clone());
+        let (stats, done, next, tx) = (stats.clone(), done.clone(), next.clone(), tx.clone());
         glommio::spawn_local(async move {
-            let mut k = 0u64;
             loop {
+                let k = next.get();
                 let at = t0 + Duration::from_secs(k + 1);
                 glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await;
                 if done.get() {
                     return;
                 }
                 send_second(&tx, &stats, core, k);
-                k += 1;
+                next.set(k + 1);
             }
         })
     };
@@ -306,8 +319,8 @@ async fn core_main(
     }
     done.set(true);
     drop(ticker);
-    let index = Instant::now().saturating_duration_since(t0).as_secs();
-    send_second(&tx, &stats, core, index);
+    // What is left belongs to the second being accumulated.
+    send_second(&tx, &stats, core, next.get());
     let totals = stats.totals.borrow().clone();
     // The reporting thread drains the channel until every core said Done: a blocking send
     // here waits at most for it to catch up.
@@ -330,6 +343,16 @@ fn send_second(tx: &SyncSender<Report>, stats: &CoreStats, core: usize, index: u
         }
         Err(_) => {}
     }
+}
+
+fn spawn_into<T: 'static>(
+    tq: glommio::TaskQueueHandle,
+    fut: impl std::future::Future<Output = T> + 'static,
+) -> glommio::task::JoinHandle<T> {
+    // The queue was created on this executor just before: spawning into it can not fail.
+    glommio::spawn_local_into(fut, tq)
+        .expect("the load task queue exists")
+        .detach()
 }
 
 type Merged = (Vec<Second>, Totals);

@@ -35,6 +35,8 @@ pub struct Partition {
     pub leader_epoch: Cell<i32>,
     fsync: bool,
     changed: HighWatermarkChanged,
+    /// A background flush (acks=0, or fsync off) is running for this partition.
+    background_flush: Cell<bool>,
 }
 
 /// Data read for a fetch.
@@ -72,6 +74,7 @@ impl Partition {
             Rc::new(ringlog_storage::SystemClock),
         )
         .await?;
+        log.share_sync_slots(shard.sync_slots.clone());
         tracing::info!(partition = %format!("{}-{}", tp.topic, tp.partition), shard = shard.id.0, start = %log.start_offset(), end = %log.end_offset(), "opened partition");
         Ok(Rc::new(Partition {
             tp,
@@ -79,6 +82,7 @@ impl Partition {
             leader_epoch: Cell::new(leader_epoch),
             fsync: shard.config.fsync,
             changed: HighWatermarkChanged::default(),
+            background_flush: Cell::new(false),
         }))
     }
 
@@ -116,13 +120,21 @@ impl Partition {
         let base =
             base.ok_or_else(|| KafkaError::new(ResponseError::InvalidRecord, "no record batch"))?;
         if acks == 0 || !self.fsync {
-            let me = self.clone();
-            glommio::spawn_local(async move {
-                if me.log.flush().await.is_ok() {
-                    me.changed.notify();
-                }
-            })
-            .detach();
+            // One background flush at a time per partition: it writes out everything appended
+            // before it starts, so later appends wait for the next one, not one each.
+            if !self.background_flush.replace(true) {
+                let me = self.clone();
+                glommio::spawn_local(async move {
+                    while me.log.end_offset() > me.log.flushed_end_offset() {
+                        if me.log.flush().await.is_err() {
+                            break;
+                        }
+                        me.changed.notify();
+                    }
+                    me.background_flush.set(false);
+                })
+                .detach();
+            }
             if !self.fsync {
                 self.changed.notify();
             }

@@ -96,6 +96,9 @@ pub struct Log {
     pub(crate) state: RefCell<State>,
     pub(crate) io_lock: Rc<crate::sync::LocalSemaphore>,
     pub(crate) sync_lock: Rc<crate::sync::LocalSemaphore>,
+    /// Optional core-wide bound on fdatasyncs in flight, shared by the logs of one core (see
+    /// [`Log::share_sync_slots`]).
+    pub(crate) sync_slots: RefCell<Option<Rc<crate::sync::LocalSemaphore>>>,
 }
 
 impl Log {
@@ -318,7 +321,22 @@ impl Log {
                 return Ok(st.flushed_end);
             }
         }
+        // Wait for a core-wide sync slot, if shared: appends that arrive meanwhile join this
+        // flush (sync_active writes out everything appended up to when it starts).
+        let slots = self.sync_slots.borrow().clone();
+        let _slot = match &slots {
+            Some(s) => Some(s.acquire(1).await),
+            None => None,
+        };
         self.sync_active().await
+    }
+
+    /// Shares a core-wide bound on concurrent fdatasyncs with the other logs of this core.
+    /// Each io_uring fdatasync runs on a kernel io-wq worker of the calling core; with many
+    /// partitions flushing at once, a bound trades a short wait for fewer, larger syncs and
+    /// fewer worker context switches. Without it (the default), every log syncs on demand.
+    pub fn share_sync_slots(&self, slots: Rc<crate::sync::LocalSemaphore>) {
+        *self.sync_slots.borrow_mut() = Some(slots);
     }
 
     /// Writes out everything buffered and fdatasyncs the active segment. Caller holds

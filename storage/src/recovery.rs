@@ -189,6 +189,7 @@ pub(crate) async fn open(
         }),
         io_lock: crate::sync::LocalSemaphore::new(1),
         sync_lock: crate::sync::LocalSemaphore::new(1),
+        sync_slots: std::cell::RefCell::new(None),
     };
     if start_offset > first_base {
         // Finishes a prefix truncation that was interrupted after its checkpoint was written.

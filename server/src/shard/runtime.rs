@@ -117,6 +117,9 @@ async fn shard_main(
         id,
         shard_count,
         cache: BatchCache::new(config.storage.cache_bytes_max),
+        sync_slots: ringlog_storage::sync::LocalSemaphore::new(
+            config.limits.fsyncs_in_flight_per_core_max,
+        ),
         config: config.clone(),
         advertised,
         mesh_slots: (0..shard_count)
