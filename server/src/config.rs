@@ -60,6 +60,21 @@ pub struct Flags {
     /// Default `retention.ms` for new topics.
     #[arg(long)]
     pub retention_ms: Option<i64>,
+    /// Partitions of the internal `__consumer_offsets` topic (fixed once it exists).
+    #[arg(long)]
+    pub offsets_topic_partitions: Option<i32>,
+    /// How long a group leaving Empty waits for more members before its first generation.
+    #[arg(long)]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// Smallest session timeout a member may ask for.
+    #[arg(long)]
+    pub group_min_session_timeout_ms: Option<i32>,
+    /// Largest session timeout a member may ask for.
+    #[arg(long)]
+    pub group_max_session_timeout_ms: Option<i32>,
+    /// Committed offsets of a group that stayed empty this long are deleted.
+    #[arg(long)]
+    pub offsets_retention_minutes: Option<i64>,
 }
 
 /// The same settings as read from the TOML file.
@@ -77,6 +92,11 @@ struct FileConfig {
     fsync: Option<bool>,
     segment_bytes: Option<u64>,
     retention_ms: Option<i64>,
+    offsets_topic_partitions: Option<i32>,
+    group_initial_rebalance_delay_ms: Option<u64>,
+    group_min_session_timeout_ms: Option<i32>,
+    group_max_session_timeout_ms: Option<i32>,
+    offsets_retention_minutes: Option<i64>,
 }
 
 /// Which cores to run on.
@@ -151,6 +171,8 @@ pub struct Config {
     pub log_defaults: LogConfig,
     /// Storage limits per core.
     pub storage: StorageLimits,
+    /// Consumer-group settings (Kafka's names and defaults).
+    pub groups: GroupConfig,
     /// Broker limits.
     pub limits: Limits,
 }
@@ -205,6 +227,29 @@ impl Config {
                 .set("retention.ms", &ms.to_string())
                 .map_err(|e| e.to_string())?;
         }
+        let groups = GroupConfig {
+            offsets_topic_partitions: flags
+                .offsets_topic_partitions
+                .or(file.offsets_topic_partitions)
+                .unwrap_or(50),
+            initial_rebalance_delay_ms: flags
+                .group_initial_rebalance_delay_ms
+                .or(file.group_initial_rebalance_delay_ms)
+                .unwrap_or(3000),
+            min_session_timeout_ms: flags
+                .group_min_session_timeout_ms
+                .or(file.group_min_session_timeout_ms)
+                .unwrap_or(6000),
+            max_session_timeout_ms: flags
+                .group_max_session_timeout_ms
+                .or(file.group_max_session_timeout_ms)
+                .unwrap_or(1_800_000),
+            offsets_retention_minutes: flags
+                .offsets_retention_minutes
+                .or(file.offsets_retention_minutes)
+                .unwrap_or(7 * 24 * 60),
+        };
+        groups.validate()?;
         let limits = Limits::default();
         Ok(Config {
             data_dir: flags
@@ -230,8 +275,44 @@ impl Config {
                 cache_bytes_max: limits.cache_bytes_per_core,
                 ..StorageLimits::default()
             },
+            groups,
             limits,
         })
+    }
+}
+
+/// Consumer-group settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// `offsets.topic.num.partitions`.
+    pub offsets_topic_partitions: i32,
+    /// `group.initial.rebalance.delay.ms`.
+    pub initial_rebalance_delay_ms: u64,
+    /// `group.min.session.timeout.ms`.
+    pub min_session_timeout_ms: i32,
+    /// `group.max.session.timeout.ms`.
+    pub max_session_timeout_ms: i32,
+    /// `offsets.retention.minutes`.
+    pub offsets_retention_minutes: i64,
+}
+
+impl GroupConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=1000).contains(&self.offsets_topic_partitions) {
+            return Err("offsets_topic_partitions must be in 1..=1000".into());
+        }
+        if self.initial_rebalance_delay_ms > 300_000 {
+            return Err("group_initial_rebalance_delay_ms must be at most 300000".into());
+        }
+        if self.min_session_timeout_ms < 1
+            || self.min_session_timeout_ms > self.max_session_timeout_ms
+        {
+            return Err("group session timeouts need 1 <= min <= max".into());
+        }
+        if self.offsets_retention_minutes < 1 {
+            return Err("offsets_retention_minutes must be at least 1".into());
+        }
+        Ok(())
     }
 }
 

@@ -9,10 +9,12 @@
 
 pub mod alloc;
 pub mod config;
+pub mod groups;
 pub mod kafka;
 pub mod limits;
 pub mod metadata;
 pub mod partition;
+pub mod producer_state;
 pub mod shard;
 
 /// The unit tests run the decoder on hostile input too, so they use the broker's allocator.

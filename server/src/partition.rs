@@ -20,9 +20,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
+use ringlog_storage::batch::BatchHeader;
+use ringlog_storage::sync::LocalSemaphore;
 use ringlog_storage::{batch, Log, LogConfig, Offset, Term, TimestampMs};
 
 use crate::kafka::errors::KafkaError;
+use crate::producer_state::{ProducerStates, Verdict};
 use crate::shard::{Shard, TopicPartition};
 
 /// One partition, owned by this core.
@@ -37,6 +40,11 @@ pub struct Partition {
     changed: HighWatermarkChanged,
     /// A background flush (acks=0, or fsync off) is running for this partition.
     background_flush: Cell<bool>,
+    /// Idempotent producers' sequences (see `producer_state`).
+    producers: RefCell<ProducerStates>,
+    /// Held from the sequence check of an idempotent batch until it is appended and recorded,
+    /// so two requests carrying the same retry can not both pass the check.
+    idempotent_append: Rc<LocalSemaphore>,
 }
 
 /// Data read for a fetch.
@@ -75,6 +83,7 @@ impl Partition {
         )
         .await?;
         log.share_sync_slots(shard.sync_slots.clone());
+        let producers = rebuild_producer_states(&log).await?;
         tracing::info!(partition = %format!("{}-{}", tp.topic, tp.partition), shard = shard.id.0, start = %log.start_offset(), end = %log.end_offset(), "opened partition");
         Ok(Rc::new(Partition {
             tp,
@@ -83,6 +92,8 @@ impl Partition {
             fsync: shard.config.fsync,
             changed: HighWatermarkChanged::default(),
             background_flush: Cell::new(false),
+            producers: RefCell::new(producers),
+            idempotent_append: LocalSemaphore::new(1),
         }))
     }
 
@@ -111,11 +122,35 @@ impl Partition {
         let term = Term(self.leader_epoch.get());
         let mut base = None;
         let mut last = Offset(-1);
-        for b in batches {
-            let info = self.log.append(BytesMut::from(&b[..]), term).await?;
-            base.get_or_insert(info.base_offset);
-            last = info.last_offset;
+        let headers: Vec<BatchHeader> = batches.iter().map(|b| BatchHeader::read(b)).collect();
+        let idempotent = headers.iter().any(|h| h.producer_id >= 0);
+        let _guard = match idempotent {
+            true => Some(self.idempotent_append.acquire(1).await),
+            false => None,
+        };
+        // Every batch is checked before any is appended: a rejected batch rejects the whole
+        // partition's records, as in Kafka.
+        let verdicts = self.producers.borrow().check_all(&headers);
+        for v in &verdicts {
+            if let Verdict::Reject(code, msg) = v {
+                return Err(KafkaError::new(*code, msg.clone()));
+            }
         }
+        for ((b, h), v) in batches.iter().zip(&headers).zip(verdicts) {
+            match v {
+                Verdict::Duplicate(orig) => {
+                    base.get_or_insert(orig.base_offset);
+                    last = last.max(orig.last_offset);
+                }
+                _ => {
+                    let info = self.log.append(BytesMut::from(&b[..]), term).await?;
+                    self.producers.borrow_mut().record(h, info.base_offset);
+                    base.get_or_insert(info.base_offset);
+                    last = info.last_offset;
+                }
+            }
+        }
+        drop(_guard);
         let _ = appended.send(());
         let base =
             base.ok_or_else(|| KafkaError::new(ResponseError::InvalidRecord, "no record batch"))?;
@@ -147,6 +182,23 @@ impl Partition {
             "acknowledged data is below the high watermark"
         );
         Ok(base)
+    }
+
+    /// Appends one batch of broker-written records (internal topics: group state, offsets)
+    /// and waits until it is durable. Returns the batch's base offset.
+    pub async fn append_internal(
+        &self,
+        records: &[batch::build::NewRecord],
+    ) -> Result<(), KafkaError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let b = batch::build::encode_batch(records, now_ms);
+        self.log.append(b, Term(self.leader_epoch.get())).await?;
+        self.log.flush().await?;
+        self.changed.notify();
+        Ok(())
     }
 
     /// Reads whole batches from `offset`, up to the high watermark.
@@ -219,6 +271,25 @@ impl Partition {
             }
         }
     }
+}
+
+/// Reads every batch header of `log` into the idempotent producers' state. The log is the only
+/// record of it, so this reads the whole log once per open (snapshots at segment roll, as
+/// Kafka takes them, would bound this; not needed yet).
+async fn rebuild_producer_states(log: &Log) -> Result<ProducerStates, KafkaError> {
+    let mut states = ProducerStates::default();
+    let end = log.end_offset();
+    let mut at = log.start_offset();
+    while at < end {
+        let batches = log.read(at, 4 << 20, end).await?;
+        let Some(last) = batches.last() else { break };
+        at = BatchHeader::read(last).last_offset().plus(1);
+        for b in &batches {
+            let h = BatchHeader::read(b);
+            states.record(&h, h.base_offset);
+        }
+    }
+    Ok(states)
 }
 
 /// Splits the `records` of a produce partition into record batches, validating each fully

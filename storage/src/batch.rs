@@ -44,6 +44,8 @@ const LAST_OFFSET_DELTA_OFFSET: usize = 23;
 const BASE_TIMESTAMP_OFFSET: usize = 27;
 const MAX_TIMESTAMP_OFFSET: usize = 35;
 const PRODUCER_ID_OFFSET: usize = 43;
+const PRODUCER_EPOCH_OFFSET: usize = 51;
+const BASE_SEQUENCE_OFFSET: usize = 53;
 const RECORDS_COUNT_OFFSET: usize = 57;
 const EPOCH_OFFSET: usize = 12;
 const COMPRESSION_MASK: i16 = 0x07;
@@ -142,6 +144,10 @@ pub struct BatchHeader {
     pub max_timestamp: TimestampMs,
     /// Idempotent producer id, or -1.
     pub producer_id: i64,
+    /// Idempotent producer epoch, or -1.
+    pub producer_epoch: i16,
+    /// Sequence number of the first record (idempotent producers), or -1.
+    pub base_sequence: i32,
     /// Number of records.
     pub records_count: i32,
 }
@@ -160,8 +166,15 @@ impl BatchHeader {
             base_timestamp: TimestampMs(be_i64(b, BASE_TIMESTAMP_OFFSET)),
             max_timestamp: TimestampMs(be_i64(b, MAX_TIMESTAMP_OFFSET)),
             producer_id: be_i64(b, PRODUCER_ID_OFFSET),
+            producer_epoch: be_i16(b, PRODUCER_EPOCH_OFFSET),
+            base_sequence: be_i32(b, BASE_SEQUENCE_OFFSET),
             records_count: be_i32(b, RECORDS_COUNT_OFFSET),
         }
+    }
+
+    /// True for a batch of the transactional producer protocol (attribute bit 4).
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & 0x10 != 0
     }
 
     /// Offset of the last record (compaction may have removed it, but the span stays).

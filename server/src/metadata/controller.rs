@@ -326,6 +326,26 @@ impl Controller {
         .await
     }
 
+    /// Hands out `count` producer ids, durably: a restart continues after them.
+    pub async fn allocate_producer_ids(
+        &self,
+        shard: &Rc<Shard>,
+        count: i64,
+    ) -> Result<std::ops::Range<i64>, KafkaError> {
+        assert!(count > 0);
+        let _one = self.one_change.acquire(1).await;
+        let start = self.image().next_producer_id;
+        let end = start.checked_add(count).ok_or_else(|| {
+            KafkaError::new(
+                kafka_protocol::error::ResponseError::UnknownServerError,
+                "producer ids exhausted",
+            )
+        })?;
+        self.commit(shard, vec![MetadataRecord::ProducerIdsAllocated { end }])
+            .await?;
+        Ok(start..end)
+    }
+
     /// The metadata log's end offset (the image's position in the log).
     pub fn log_end(&self) -> Offset {
         self.log.end_offset()

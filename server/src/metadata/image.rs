@@ -64,6 +64,8 @@ pub struct MetadataImage {
     pub topics: BTreeMap<String, Arc<TopicMeta>>,
     /// Topic names by id.
     pub ids: HashMap<Uuid, String>,
+    /// First producer id not yet handed out.
+    pub next_producer_id: i64,
 }
 
 impl MetadataImage {
@@ -108,6 +110,9 @@ impl MetadataImage {
                     t.configs = configs.clone();
                     next.topics.insert(name.clone(), Arc::new(t));
                 }
+            }
+            MetadataRecord::ProducerIdsAllocated { end } => {
+                next.next_producer_id = next.next_producer_id.max(*end);
             }
         }
         next

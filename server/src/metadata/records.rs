@@ -51,6 +51,11 @@ pub enum MetadataRecord {
         /// The full new set of overrides.
         configs: BTreeMap<String, String>,
     },
+    /// Producer ids below `end` are handed out (to a core, in blocks); none is ever reused.
+    ProducerIdsAllocated {
+        /// First producer id not yet handed out.
+        end: i64,
+    },
 }
 
 impl MetadataRecord {

@@ -71,6 +71,10 @@ pub struct Shard {
     pub controller: RefCell<Option<Rc<Controller>>>,
     /// Open client connections on this core.
     pub connections: Cell<usize>,
+    /// Producer ids this core may hand out (a block from the controller).
+    pub producer_ids: RefCell<std::ops::Range<i64>>,
+    /// The consumer groups this core coordinates.
+    pub groups: crate::groups::Coordinator,
 }
 
 impl Shard {

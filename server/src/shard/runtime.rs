@@ -25,6 +25,11 @@ use crate::partition::{partition_dir, Partition};
 /// Set by the signal thread; every core polls it.
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
+/// True once the broker is shutting down.
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::Relaxed)
+}
+
 /// Runs the broker until SIGTERM/SIGINT. Returns an error message for startup failures.
 pub fn run(config: Config) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
@@ -120,6 +125,8 @@ async fn shard_main(
         sync_slots: ringlog_storage::sync::LocalSemaphore::new(
             config.limits.fsyncs_in_flight_per_core_max,
         ),
+        producer_ids: RefCell::new(0..0),
+        groups: crate::groups::Coordinator::default(),
         config: config.clone(),
         advertised,
         mesh_slots: (0..shard_count)

@@ -38,7 +38,7 @@ const RESOURCE_BROKER: i8 = 4;
 const SOURCE_TOPIC: i8 = 1;
 const SOURCE_DEFAULT: i8 = 5;
 
-fn controller_gone() -> KafkaError {
+pub(crate) fn controller_gone() -> KafkaError {
     KafkaError::new(
         ResponseError::NotController,
         "the controller is not reachable",
@@ -62,7 +62,7 @@ pub async fn create_topics_via_controller(
 
 /// Runs `f` with the controller on core 0; `unreachable` is the answer when the controller is
 /// not there (shutting down).
-async fn on_controller<T, F, Fut>(shard: &Rc<Shard>, unreachable: T, f: F) -> T
+pub(crate) async fn on_controller<T, F, Fut>(shard: &Rc<Shard>, unreachable: T, f: F) -> T
 where
     T: Clone + Send + 'static,
     F: FnOnce(Rc<Controller>, Rc<Shard>) -> Fut + Send + 'static,

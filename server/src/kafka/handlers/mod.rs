@@ -4,9 +4,11 @@
 pub mod admin;
 pub mod api_versions;
 pub mod fetch;
+pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+pub mod producer_id;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -54,6 +56,18 @@ pub fn supported_versions(api: ApiKey) -> Option<(i16, i16)> {
         ApiKey::AlterConfigs => clip::<AlterConfigsRequest>(0, 2),
         ApiKey::IncrementalAlterConfigs => clip::<IncrementalAlterConfigsRequest>(0, 1),
         ApiKey::DescribeCluster => clip::<DescribeClusterRequest>(0, 1),
+        ApiKey::InitProducerId => clip::<InitProducerIdRequest>(0, 5),
+        ApiKey::FindCoordinator => clip::<FindCoordinatorRequest>(0, 4),
+        ApiKey::JoinGroup => clip::<JoinGroupRequest>(0, 9),
+        ApiKey::SyncGroup => clip::<SyncGroupRequest>(0, 5),
+        ApiKey::Heartbeat => clip::<HeartbeatRequest>(0, 4),
+        ApiKey::LeaveGroup => clip::<LeaveGroupRequest>(0, 5),
+        ApiKey::OffsetCommit => clip::<OffsetCommitRequest>(2, 8),
+        ApiKey::OffsetFetch => clip::<OffsetFetchRequest>(1, 8),
+        ApiKey::ListGroups => clip::<ListGroupsRequest>(0, 4),
+        ApiKey::DescribeGroups => clip::<DescribeGroupsRequest>(0, 5),
+        ApiKey::DeleteGroups => clip::<DeleteGroupsRequest>(0, 2),
+        ApiKey::OffsetDelete => clip::<OffsetDeleteRequest>(0, 0),
         _ => None,
     }
 }
@@ -119,6 +133,49 @@ pub async fn handle(
         )),
         RequestKind::DescribeCluster(r) => respond(ResponseKind::DescribeCluster(
             admin::describe_cluster(shard, r),
+        )),
+        RequestKind::InitProducerId(r) => respond(ResponseKind::InitProducerId(
+            producer_id::handle(shard, r).await,
+        )),
+        RequestKind::FindCoordinator(r) => respond(ResponseKind::FindCoordinator(
+            groups::find_coordinator(shard, r, version).await,
+        )),
+        RequestKind::JoinGroup(r) => {
+            let client = header
+                .client_id
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            respond(ResponseKind::JoinGroup(
+                groups::join_group(shard, r, version, client).await,
+            ))
+        }
+        RequestKind::SyncGroup(r) => {
+            respond(ResponseKind::SyncGroup(groups::sync_group(shard, r).await))
+        }
+        RequestKind::Heartbeat(r) => {
+            respond(ResponseKind::Heartbeat(groups::heartbeat(shard, r).await))
+        }
+        RequestKind::LeaveGroup(r) => respond(ResponseKind::LeaveGroup(
+            groups::leave_group(shard, r, version).await,
+        )),
+        RequestKind::OffsetCommit(r) => respond(ResponseKind::OffsetCommit(
+            groups::offset_commit(shard, r).await,
+        )),
+        RequestKind::OffsetFetch(r) => respond(ResponseKind::OffsetFetch(
+            groups::offset_fetch(shard, r, version).await,
+        )),
+        RequestKind::ListGroups(r) => respond(ResponseKind::ListGroups(
+            groups::list_groups(shard, r).await,
+        )),
+        RequestKind::DescribeGroups(r) => respond(ResponseKind::DescribeGroups(
+            groups::describe_groups(shard, r).await,
+        )),
+        RequestKind::DeleteGroups(r) => respond(ResponseKind::DeleteGroups(
+            groups::delete_groups(shard, r).await,
+        )),
+        RequestKind::OffsetDelete(r) => respond(ResponseKind::OffsetDelete(
+            groups::offset_delete(shard, r).await,
         )),
         other => Reply::Close(format!("no handler for {other:?}")),
     }
