@@ -310,3 +310,55 @@ def test_commit_and_heartbeat_errors(broker):
             s2.close()
     finally:
         s.close()
+
+
+def test_static_member_restart_does_not_rebalance(broker):
+    """A static member (group.instance.id) that restarts within its session takes its old
+    partitions back; the other member is not asked to give anything up."""
+    from confluent_kafka import Consumer
+
+    b = broker(extra_args=GROUP_ARGS)
+    b.create_topic("st", partitions=4)
+    events = {"s1": [], "s2": []}
+
+    def consumer(instance):
+        c = Consumer(b.client_config({
+            "group.id": "st-g", "group.instance.id": instance, "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 500, "partition.assignment.strategy": "range",
+            "auto.offset.reset": "earliest",
+        }))
+        c.subscribe(
+            ["st"],
+            on_assign=lambda _c, ps: events[instance].append(("assign", sorted(p.partition for p in ps))),
+            on_revoke=lambda _c, ps: events[instance].append(("revoke", sorted(p.partition for p in ps))),
+        )
+        return c
+
+    def poll_until(cs, cond, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for c in cs:
+                c.poll(0.1)
+            if cond():
+                return
+        raise AssertionError(f"timed out: {events}")
+
+    c1, c2 = consumer("s1"), consumer("s2")
+    try:
+        poll_until([c1, c2], lambda: any(e[0] == "assign" and e[1] for e in events["s1"])
+                   and any(e[0] == "assign" and e[1] for e in events["s2"])
+                   and sum(len(e[1]) for k in events for e in events[k][-1:] if e[0] == "assign") == 4)
+        before_s1 = [e for e in events["s1"] if e[0] == "assign"][-1][1]
+        s2_before = list(events["s2"])
+        c1.close()  # a static member leaves no LeaveGroup behind
+        events["s1"].clear()
+        c1 = consumer("s1")
+        poll_until([c1, c2], lambda: any(e[0] == "assign" and e[1] for e in events["s1"]))
+        for _ in range(20):
+            c2.poll(0.1)
+            c1.poll(0.1)
+        assert [e for e in events["s1"] if e[0] == "assign"][-1][1] == before_s1
+        assert events["s2"] == s2_before, events["s2"]
+    finally:
+        c1.close()
+        c2.close()

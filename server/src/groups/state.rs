@@ -384,7 +384,6 @@ impl Group {
                         if let Some(w) = m.sync_waiter.take() {
                             let _ = w.send(SyncResult::error(code::FENCED_INSTANCE_ID));
                         }
-                        let same_protocols = m.protocols == req.protocols;
                         m.last_seen = now;
                         m.client_id = req.client_id.clone();
                         m.client_host = req.client_host.clone();
@@ -398,10 +397,13 @@ impl Group {
                         if was_leader {
                             self.leader = Some(new_id.clone());
                         }
-                        if self.state == State::Stable && same_protocols && !was_leader {
-                            // No rebalance: the member keeps its assignment (SyncGroup gives
-                            // it back).
-                            return Ok(self.join_result_for(&new_id, false));
+                        // As Kafka: a Stable group whose chosen protocol would stay the same
+                        // does not rebalance; the member (leader or not) gets the current
+                        // generation, and SyncGroup gives back its assignment.
+                        if self.state == State::Stable
+                            && self.protocol.as_deref() == Some(self.select_protocol().as_str())
+                        {
+                            return Ok(self.join_result_for(&new_id, was_leader));
                         }
                         member_id = new_id;
                     } else {
