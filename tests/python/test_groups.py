@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -362,3 +363,50 @@ def test_static_member_restart_does_not_rebalance(broker):
     finally:
         c1.close()
         c2.close()
+
+
+def _offset_delete(sock, corr, group, topic, partitions):
+    g, t = group.encode(), topic.encode()
+    body = (struct.pack(">h", len(g)) + g + struct.pack(">i", 1) + struct.pack(">h", len(t)) + t
+            + struct.pack(">i", len(partitions)) + b"".join(struct.pack(">i", p) for p in partitions))
+    resp = raw_call(sock, 47, 0, corr, body)
+    err, _throttle = struct.unpack_from(">hi", resp, 0)
+    codes = []
+    if err == 0:
+        at = 6
+        (nt,) = struct.unpack_from(">i", resp, at)
+        at += 4
+        for _ in range(nt):
+            (tl,) = struct.unpack_from(">h", resp, at)
+            at += 2 + tl
+            (np_,) = struct.unpack_from(">i", resp, at)
+            at += 4
+            for _ in range(np_):
+                p, e = struct.unpack_from(">ih", resp, at)
+                at += 6
+                codes.append((p, e))
+    return err, codes
+
+
+def test_offset_delete(broker):
+    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+
+    b = broker(extra_args=GROUP_ARGS)
+    b.create_topic("od", partitions=2)
+    # Offsets committed outside the group protocol (assign, not subscribe).
+    c = Consumer(b.client_config({"group.id": "od-g", "enable.auto.commit": False}))
+    c.assign([TopicPartition("od", 0), TopicPartition("od", 1)])
+    c.commit(offsets=[TopicPartition("od", 0, 7), TopicPartition("od", 1, 9)], asynchronous=False)
+    c.close()
+    s = _conn(b)
+    try:
+        assert _offset_delete(s, 1, "nobody", "od", [0]) == (69, [])  # GROUP_ID_NOT_FOUND
+        assert _offset_delete(s, 2, "od-g", "od", [0]) == (0, [(0, 0)])
+    finally:
+        s.close()
+    admin = b.admin()
+    res = admin.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions("od-g", [TopicPartition("od", 0), TopicPartition("od", 1)])]
+    )["od-g"].result(timeout=20)
+    got = {tp.partition: tp.offset for tp in res.topic_partitions}
+    assert got[1] == 9 and got[0] < 0, got
