@@ -16,7 +16,7 @@
 //! Bounded: at most `producer_buffer_bytes_max` generated but unsent bytes; when full,
 //! generation waits and the schedule lag grows (reported every second).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -77,7 +77,10 @@ enum Reply {
 struct Producer {
     ctx: ProducerCtx,
     payloads: Payloads,
-    batches: Vec<Option<Batch>>,
+    /// Per partition, its batches in order: only the last one takes new messages; a full one
+    /// is closed and a new one started (as Kafka's record accumulator does), so no batch grows
+    /// past `batch_size_bytes` while requests are in flight.
+    batches: Vec<VecDeque<Batch>>,
     /// Partitions with an open batch (so a turn looks at those, not at every partition).
     open: Vec<usize>,
     buffered_bytes: usize,
@@ -100,7 +103,7 @@ pub async fn run(ctx: ProducerCtx) {
     let sticky = payloads.rng().below(w.partitions as u64) as usize;
     let mut p = Producer {
         payloads,
-        batches: (0..w.partitions).map(|_| None).collect(),
+        batches: (0..w.partitions).map(|_| VecDeque::new()).collect(),
         open: Vec::new(),
         buffered_bytes: 0,
         sticky,
@@ -270,17 +273,24 @@ impl Producer {
             None => self.sticky,
         };
         let timestamp_ms = (stamp / 1000) as i64;
-        if self.batches[partition].is_none() {
+        let bytes = size as usize + key.as_ref().map_or(0, |k| k.len()) + 16;
+        let q = &mut self.batches[partition];
+        if q.is_empty() {
             self.open.push(partition);
         }
-        let b = self.batches[partition].get_or_insert_with(|| Batch {
-            records: Vec::new(),
-            bytes: 0,
-            intended: Vec::new(),
-            created: now,
-        });
+        let full = q
+            .back()
+            .is_none_or(|b| !b.records.is_empty() && b.bytes + bytes > w.batch_size_bytes);
+        if full {
+            q.push_back(Batch {
+                records: Vec::new(),
+                bytes: 0,
+                intended: Vec::new(),
+                created: now,
+            });
+        }
+        let b = q.back_mut().expect("a batch was just ensured");
         let i = b.records.len() as i64;
-        let bytes = size as usize + key.as_ref().map_or(0, |k| k.len()) + 16;
         b.records.push(Record {
             transactional: false,
             control: false,
@@ -329,7 +339,7 @@ impl Producer {
         let linger = Duration::from_millis(self.ctx.workload.linger_ms);
         self.open
             .iter()
-            .filter_map(|p| self.batches[*p].as_ref())
+            .filter_map(|p| self.batches[*p].front())
             .map(|b| b.created + linger)
             .min()
     }
@@ -368,8 +378,9 @@ impl Producer {
         // Ready partitions by leader (a short list: one entry per broker).
         let mut by_node: Vec<(i32, Vec<usize>)> = Vec::new();
         for &p in &self.open {
-            let Some(b) = &self.batches[p] else { continue };
-            if !self.ready(b, now, flush_all) {
+            let q = &self.batches[p];
+            let Some(b) = q.front() else { continue };
+            if q.len() < 2 && !self.ready(b, now, flush_all) {
                 continue;
             }
             let leader = self.ctx.view.borrow().leaders.get(p).copied().unwrap_or(-1);
@@ -399,16 +410,19 @@ impl Producer {
                 };
                 let mut req_bytes = 0usize;
                 while let Some(&p) = parts.peek() {
-                    let est = self.batches[p].as_ref().map_or(0, |b| b.bytes);
+                    let est = self.batches[p].front().map_or(0, |b| b.bytes);
                     if !data.is_empty() && req_bytes + est > self.ctx.limits.request_bytes_max {
                         break;
                     }
                     parts.next();
-                    let Some(b) = self.batches[p].take() else {
+                    // One batch per partition per request, as Kafka clients send.
+                    let Some(b) = self.batches[p].pop_front() else {
                         continue;
                     };
-                    if let Some(i) = self.open.iter().position(|q| *q == p) {
-                        self.open.swap_remove(i);
+                    if self.batches[p].is_empty() {
+                        if let Some(i) = self.open.iter().position(|q| *q == p) {
+                            self.open.swap_remove(i);
+                        }
                     }
                     if self.ctx.workload.key_count.is_none() && p == self.sticky {
                         self.next_sticky();
@@ -590,8 +604,8 @@ impl Producer {
         let mut n = 0u64;
         let mut in_w = 0u64;
         self.open.clear();
-        for b in self.batches.iter_mut() {
-            if let Some(b) = b.take() {
+        for q in self.batches.iter_mut() {
+            for b in q.drain(..) {
                 n += b.intended.len() as u64;
                 in_w += self.ctx.stats.window().measures_count(&b.intended);
             }
