@@ -1,4 +1,20 @@
-//! ringlog-raft: per-partition Raft replication over `ringlog-storage` (issue #6).
+//! ringlog-raft: per-partition Raft replication (issue #6), built on tikv's raft-rs.
 //!
-//! Not built yet. The storage crate already offers what raft-rs's `Storage` trait and driver
-//! need: term of an offset, last offset and term, first offset, suffix and prefix truncation.
+//! What exists so far:
+//! - [`types`]: the newtypes that keep Raft indexes, Raft terms and node ids apart from each
+//!   other and from Kafka offsets.
+//! - [`replica`]: the driver of one Raft group member: tick, step, propose, and the Ready
+//!   cycle (persist, send, apply, advance) over any log that implements raft-rs's `Storage`
+//!   plus [`replica::Durable`]. It runs on one core and is `!Send` by design: the partition's
+//!   owner core drives it.
+//! - [`sim`]: a deterministic, seeded simulator: several groups over a simulated network
+//!   (delays, drops, partitions), simulated crashes and a simulated clock, checking that a
+//!   committed entry is never lost or reordered and that replicas converge.
+//!
+//! Still to come (see the issue): the partition log as the Raft log (no second write-ahead
+//! log), asynchronous persistence through the storage crate's group commit, the flatbuffers
+//! transport between brokers, the controller group and placement.
+
+pub mod replica;
+pub mod sim;
+pub mod types;
