@@ -1,19 +1,29 @@
-//! One member of one Raft group: the raft-rs `RawNode` and the Ready cycle around it.
+//! One member of one Raft group: the raft-rs `RawNode` and the Ready cycle around it, with
+//! asynchronous persistence.
 //!
 //! Runs on the core that owns the group (never shared: `RawNode` is driven from one task).
 //! Each call that can produce work ([`Replica::tick`], [`Replica::step`],
-//! [`Replica::propose`]) is followed by [`Replica::handle_ready`], which in raft-rs's order:
+//! [`Replica::propose`], [`Replica::on_persisted`]) is followed by
+//! [`Replica::handle_ready`], which in raft-rs's order:
 //! 1. sends the messages that need no persistence (a leader's appends go out in parallel with
 //!    its own write),
-//! 2. installs a snapshot, if any, and persists new entries and the hard state
-//!    ([`Durable::persist`] returns only once they are durable),
-//! 3. sends the messages that needed that persistence (votes, append acknowledgements),
-//! 4. hands committed entries to the caller to apply, and advances.
+//! 2. hands committed entries to the caller to apply (committed means a quorum has them, so
+//!    applying does not wait for the local write),
+//! 3. starts the write of the snapshot, new entries and hard state ([`Durable::write`]; they
+//!    must be readable through `Storage` at once, durable later), and keeps the messages that
+//!    must wait for that write (votes, append acknowledgements) under the Ready's number,
+//! 4. advances without waiting (`advance_append_async`).
 //!
-//! Invariants: nothing is acknowledged to a peer before it is durable here (step 3 after 2);
-//! entries are applied in index order, each once per incarnation of the replica; Raft's own
-//! entries (the empty entry a new leader appends, configuration changes) are not handed out as
+//! When the store reports a write durable, [`Replica::on_persisted`] releases the messages
+//! held for it and every earlier Ready. This is how the partition log's group commit will
+//! carry Raft: appends return at once, one fdatasync covers many Readies.
+//!
+//! Invariants: nothing is acknowledged to a peer before it is durable here; writes complete in
+//! Ready order; entries are applied in index order, each once per incarnation of the replica;
+//! Raft's own entries (a new leader's empty entry, configuration changes) are not handed out as
 //! data.
+
+use std::collections::VecDeque;
 
 use raft::prelude::{Entry, EntryType, HardState, Message, Snapshot};
 use raft::{Config, RawNode, StateRole, Storage};
@@ -22,17 +32,18 @@ use crate::types::{NodeId, RaftIndex, RaftTerm};
 
 /// Persistence of a replica's log beside raft-rs's read-only `Storage` view of it.
 pub trait Durable {
-    /// Makes `entries` (replacing any conflicting suffix), the hard state and the snapshot
-    /// durable, in that order of precedence: a snapshot first, then entries, then `hs`.
-    fn persist(
+    /// Starts writing Ready `number`: the snapshot (first), then `entries` (replacing any
+    /// conflicting suffix), then the hard state. They must be visible to `Storage` reads when
+    /// this returns; the store reports them durable later, in `number` order, and the owner
+    /// then calls [`Replica::on_persisted`]. A write with nothing in it still completes in
+    /// order (it orders the messages of its Ready).
+    fn write(
         &mut self,
+        number: u64,
         snapshot: Option<&Snapshot>,
         entries: &[Entry],
         hs: Option<&HardState>,
     ) -> Result<(), ReplicaError>;
-
-    /// Records a newer commit index (part of the hard state, persisted lazily).
-    fn set_commit(&mut self, commit: RaftIndex);
 }
 
 /// Errors of a replica.
@@ -64,6 +75,8 @@ pub struct Timing {
 /// One member of a Raft group.
 pub struct Replica<S: Storage + Durable> {
     node: RawNode<S>,
+    /// Messages waiting for the write of their Ready, by Ready number.
+    held: VecDeque<(u64, Vec<Message>)>,
 }
 
 impl<S: Storage + Durable> Replica<S> {
@@ -96,6 +109,7 @@ impl<S: Storage + Durable> Replica<S> {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         Ok(Replica {
             node: RawNode::new(&cfg, store, &logger)?,
+            held: VecDeque::new(),
         })
     }
 
@@ -139,44 +153,48 @@ impl<S: Storage + Durable> Replica<S> {
         self.node.store()
     }
 
+    /// The store made Ready `number` (and every earlier one) durable: sends what waited for
+    /// it. Call [`Replica::handle_ready`] afterwards (raft-rs may have more to do).
+    pub fn on_persisted(&mut self, number: u64, mut send: impl FnMut(Message)) {
+        self.node.on_persist_ready(number);
+        while self.held.front().is_some_and(|(n, _)| *n <= number) {
+            if let Some((_, msgs)) = self.held.pop_front() {
+                for m in msgs {
+                    send(m);
+                }
+            }
+        }
+    }
+
     /// Runs the Ready cycle; `send` gets outgoing messages, `apply` committed data entries.
     pub fn handle_ready(
         &mut self,
         mut send: impl FnMut(Message),
         mut apply: impl FnMut(Applied),
     ) -> Result<(), ReplicaError> {
-        if !self.node.has_ready() {
-            return Ok(());
-        }
-        let mut rd = self.node.ready();
-        for m in rd.take_messages() {
-            send(m);
-        }
-        let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
-        let entries = rd.entries().clone();
-        let hs = rd.hs().cloned();
-        if snapshot.is_some() || !entries.is_empty() || hs.is_some() {
+        while self.node.has_ready() {
+            let mut rd = self.node.ready();
+            for m in rd.take_messages() {
+                send(m);
+            }
+            let mut last_applied = None;
+            for e in rd.take_committed_entries() {
+                last_applied = Some(e.index);
+                deliver(e, &mut apply);
+            }
+            let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
+            let entries = rd.entries().clone();
+            let hs = rd.hs().cloned();
+            let number = rd.number();
             self.node
                 .mut_store()
-                .persist(snapshot.as_ref(), &entries, hs.as_ref())?;
+                .write(number, snapshot.as_ref(), &entries, hs.as_ref())?;
+            self.held.push_back((number, rd.take_persisted_messages()));
+            self.node.advance_append_async(rd);
+            if let Some(i) = last_applied {
+                self.node.advance_apply_to(i);
+            }
         }
-        for e in rd.take_committed_entries() {
-            deliver(e, &mut apply);
-        }
-        for m in rd.take_persisted_messages() {
-            send(m);
-        }
-        let mut light = self.node.advance(rd);
-        if let Some(c) = light.commit_index() {
-            self.node.mut_store().set_commit(RaftIndex(c));
-        }
-        for m in light.take_messages() {
-            send(m);
-        }
-        for e in light.take_committed_entries() {
-            deliver(e, &mut apply);
-        }
-        self.node.advance_apply();
         Ok(())
     }
 }

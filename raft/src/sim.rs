@@ -12,7 +12,9 @@
 //! - after the network heals and crashed replicas restart, every replica of a group applies
 //!   the same sequence, which contains every entry any replica ever applied (convergence).
 
-use std::collections::{BTreeMap, BinaryHeap};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::rc::Rc;
 
 use raft::prelude::{ConfState, Entry, HardState, Message, Snapshot};
 use raft::storage::MemStorage;
@@ -21,18 +23,100 @@ use raft::{GetEntriesContext, RaftState, Storage};
 use crate::replica::{Applied, Durable, Replica, ReplicaError, Timing};
 use crate::types::{NodeId, RaftIndex};
 
-/// A replica's "disk": raft-rs's in-memory storage, shared with the simulator so it outlives
-/// the replica's crash.
+/// What survives a crash: the entries, hard state and configuration whose writes completed.
+#[derive(Clone, Debug, Default)]
+struct DurableState {
+    conf: ConfState,
+    hs: HardState,
+    entries: Vec<Entry>,
+}
+
+/// A write in flight on the simulated disk.
+struct PendingWrite {
+    number: u64,
+    done_at: u64,
+    entries: Vec<Entry>,
+    hs: Option<HardState>,
+}
+
+/// The simulated disk of one replica: writes become visible at once and durable after a
+/// seeded latency, in order; a crash loses the writes still in flight.
+#[derive(Default)]
+pub struct SimDisk {
+    durable: DurableState,
+    pending: VecDeque<PendingWrite>,
+    /// The simulated time, and the latency the next write gets (set by the simulator).
+    now: u64,
+    latency: u64,
+    last_done_at: u64,
+}
+
+impl SimDisk {
+    fn apply(durable: &mut DurableState, w: &PendingWrite) {
+        if let Some(first) = w.entries.first() {
+            durable.entries.retain(|e| e.index < first.index);
+            durable.entries.extend(w.entries.iter().cloned());
+        }
+        if let Some(hs) = &w.hs {
+            durable.hs = hs.clone();
+        }
+    }
+
+    /// Completes the writes due by `now`; returns the last completed Ready number.
+    fn complete(&mut self, now: u64) -> Option<u64> {
+        let mut last = None;
+        while self.pending.front().is_some_and(|w| w.done_at <= now) {
+            if let Some(w) = self.pending.pop_front() {
+                Self::apply(&mut self.durable, &w);
+                last = Some(w.number);
+            }
+        }
+        last
+    }
+}
+
+/// A replica's log as raft-rs sees it (`MemStorage`, the visible state) over its [`SimDisk`]
+/// (what is durable). After a crash the visible state is rebuilt from the durable one.
 #[derive(Clone)]
 pub struct SimStore {
     mem: MemStorage,
+    disk: Rc<RefCell<SimDisk>>,
 }
 
 impl SimStore {
     /// A fresh disk for a group of `voters`.
     pub fn new(voters: &[u64]) -> SimStore {
+        let conf = ConfState::from((voters.to_vec(), vec![]));
+        let disk = SimDisk {
+            durable: DurableState {
+                conf: conf.clone(),
+                ..DurableState::default()
+            },
+            ..SimDisk::default()
+        };
         SimStore {
-            mem: MemStorage::new_with_conf_state(ConfState::from((voters.to_vec(), vec![]))),
+            mem: MemStorage::new_with_conf_state(conf),
+            disk: Rc::new(RefCell::new(disk)),
+        }
+    }
+
+    /// The store after a crash: in-flight writes are gone; what raft-rs sees is exactly what
+    /// was durable.
+    fn after_crash(&self) -> SimStore {
+        let mut disk = self.disk.borrow_mut();
+        disk.pending.clear();
+        let d = disk.durable.clone();
+        let mem = MemStorage::new_with_conf_state(d.conf.clone());
+        {
+            let mut w = mem.wl();
+            // Rebuilding from our own durable copy can not fail.
+            w.append(&d.entries)
+                .expect("durable entries are contiguous");
+            w.set_hardstate(d.hs.clone());
+        }
+        SimStore {
+            mem,
+            disk: self.disk.clone(),
         }
     }
 }
@@ -65,29 +149,37 @@ impl Storage for SimStore {
 }
 
 impl Durable for SimStore {
-    fn persist(
+    fn write(
         &mut self,
+        number: u64,
         snapshot: Option<&Snapshot>,
         entries: &[Entry],
         hs: Option<&HardState>,
     ) -> Result<(), ReplicaError> {
-        let mut w = self.mem.wl();
-        if let Some(s) = snapshot {
-            w.apply_snapshot(s.clone())
-                .map_err(|e| ReplicaError::Persist(e.to_string()))?;
+        if snapshot.is_some() {
+            // The simulation never compacts, so no replica is ever sent a snapshot.
+            return Err(ReplicaError::Persist("snapshots are not simulated".into()));
         }
-        if !entries.is_empty() {
-            w.append(entries)
-                .map_err(|e| ReplicaError::Persist(e.to_string()))?;
+        {
+            let mut w = self.mem.wl();
+            if !entries.is_empty() {
+                w.append(entries)
+                    .map_err(|e| ReplicaError::Persist(e.to_string()))?;
+            }
+            if let Some(hs) = hs {
+                w.set_hardstate(hs.clone());
+            }
         }
-        if let Some(hs) = hs {
-            w.set_hardstate(hs.clone());
-        }
+        let mut disk = self.disk.borrow_mut();
+        let done_at = (disk.now + disk.latency).max(disk.last_done_at);
+        disk.last_done_at = done_at;
+        disk.pending.push_back(PendingWrite {
+            number,
+            done_at,
+            entries: entries.to_vec(),
+            hs: hs.cloned(),
+        });
         Ok(())
-    }
-
-    fn set_commit(&mut self, commit: RaftIndex) {
-        self.mem.wl().mut_hard_state().set_commit(commit.0);
     }
 }
 
@@ -140,6 +232,8 @@ pub struct SimConfig {
     pub partition_ms_max: u64,
     /// Per group per millisecond: a client proposal to whoever leads.
     pub propose_probability: f64,
+    /// A write becomes durable 0..=this many ms after it was issued (in order).
+    pub disk_latency_ms_max: u64,
 }
 
 impl Default for SimConfig {
@@ -157,6 +251,7 @@ impl Default for SimConfig {
             partition_probability: 0.001,
             partition_ms_max: 600,
             propose_probability: 0.2,
+            disk_latency_ms_max: 3,
         }
     }
 }
@@ -272,6 +367,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> SimReport {
             // Crashes and restarts.
             for (&id, n) in nodes.iter_mut() {
                 if n.replica.is_none() && (now >= n.down_until || !faults) {
+                    n.store = n.store.after_crash();
                     n.replica = Some(
                         Replica::new(NodeId(id), n.store.clone(), RaftIndex(0), TIMING)
                             .unwrap_or_else(|e| fail(format!("restarting {id}: {e}"))),
@@ -281,6 +377,8 @@ pub fn run(seed: u64, cfg: &SimConfig) -> SimReport {
                     n.next_tick = now + rng.below(cfg.tick_ms);
                 } else if faults && n.replica.is_some() && rng.chance(cfg.crash_probability) {
                     n.replica = None;
+                    // Writes in flight are lost with the process.
+                    n.store.disk.borrow_mut().pending.clear();
                     n.down_until = now + 1 + rng.below(cfg.restart_after_ms_max);
                     report.crashes += 1;
                 }
@@ -313,6 +411,15 @@ pub fn run(seed: u64, cfg: &SimConfig) -> SimReport {
                 let Some(r) = n.replica.as_mut() else {
                     continue;
                 };
+                let done = {
+                    let mut disk = n.store.disk.borrow_mut();
+                    disk.now = now;
+                    disk.latency = rng.below(cfg.disk_latency_ms_max + 1);
+                    disk.complete(now)
+                };
+                if let Some(number) = done {
+                    r.on_persisted(number, |m| outbox.push(m));
+                }
                 let mut applied = Vec::new();
                 r.handle_ready(|m| outbox.push(m), |a| applied.push(a))
                     .unwrap_or_else(|e| fail(format!("group {g} replica {id}: {e}")));
