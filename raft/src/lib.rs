@@ -17,4 +17,5 @@
 
 pub mod replica;
 pub mod sim;
+pub mod transport;
 pub mod types;

@@ -21,7 +21,8 @@ use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, Storage};
 
 use crate::replica::{Applied, Durable, Replica, ReplicaError, Timing};
-use crate::types::{NodeId, RaftIndex};
+use crate::transport::{self, TransportLimits};
+use crate::types::{GroupId, NodeId, RaftIndex};
 
 /// What survives a crash: the entries, hard state and configuration whose writes completed.
 #[derive(Clone, Debug, Default)]
@@ -264,12 +265,13 @@ struct Node {
     applied: Vec<Applied>,
 }
 
+/// An envelope on the simulated wire: every message due from one replica id to another, of
+/// every group, encoded with the real transport format.
 #[derive(PartialEq, Eq)]
 struct InFlight {
     at: u64,
     seq: u64,
-    group: usize,
-    msg: Vec<u8>,
+    envelope: Vec<u8>,
     to: u64,
 }
 
@@ -301,16 +303,6 @@ const TIMING: Timing = Timing {
     election_ticks: 10,
     heartbeat_ticks: 2,
 };
-
-fn encode(m: &Message) -> Vec<u8> {
-    use protobuf::Message as _;
-    m.write_to_bytes().expect("raft messages encode")
-}
-
-fn decode(b: &[u8]) -> Message {
-    use protobuf::Message as _;
-    Message::parse_from_bytes(b).expect("the simulator decodes what it encoded")
-}
 
 /// Runs one seeded simulation; panics (with the seed) when a check fails.
 pub fn run(seed: u64, cfg: &SimConfig) -> SimReport {
@@ -344,6 +336,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> SimReport {
     // The data first applied at each index, per group.
     let mut history: Vec<BTreeMap<u64, Vec<u8>>> = vec![BTreeMap::new(); cfg.groups];
     let mut net: BinaryHeap<InFlight> = BinaryHeap::new();
+    let mut wire: BTreeMap<(u64, u64), Vec<(GroupId, Message)>> = BTreeMap::new();
     let mut seq = 0u64;
     let mut isolated: Option<(u64, u64)> = None; // (replica id, until)
     let mut report = SimReport::default();
@@ -449,31 +442,41 @@ pub fn run(seed: u64, cfg: &SimConfig) -> SimReport {
                 }
             }
             for m in outbox {
-                let (from, to) = (m.from, m.to);
-                let cut = isolated.is_some_and(|(i, _)| i == from || i == to);
-                if cut || (faults && rng.chance(cfg.drop_probability)) {
-                    report.dropped += 1;
-                    continue;
-                }
-                seq += 1;
-                net.push(InFlight {
-                    at: now + 1 + rng.below(cfg.delay_ms_max),
-                    seq,
-                    group: g,
-                    msg: encode(&m),
-                    to,
-                });
+                wire.entry((m.from, m.to))
+                    .or_default()
+                    .push((GroupId(g as u64), m));
             }
+        }
+        // One envelope per pair of replica ids per millisecond, for all groups at once (the
+        // way brokers batch heartbeats); a drop or a partition loses the whole envelope.
+        for ((from, to), msgs) in std::mem::take(&mut wire) {
+            let cut = isolated.is_some_and(|(i, _)| i == from || i == to);
+            if cut || (faults && rng.chance(cfg.drop_probability)) {
+                report.dropped += msgs.len() as u64;
+                continue;
+            }
+            seq += 1;
+            net.push(InFlight {
+                at: now + 1 + rng.below(cfg.delay_ms_max),
+                seq,
+                envelope: transport::encode(NodeId(from), NodeId(to), &msgs),
+                to,
+            });
         }
         // Deliver what is due; messages to a crashed replica are lost.
         while net.peek().is_some_and(|m| m.at <= now) {
             let Some(m) = net.pop() else { break };
-            if let Some(r) = groups[m.group]
-                .get_mut(&m.to)
-                .and_then(|n| n.replica.as_mut())
-            {
-                // Stale or unexpected messages are refused by raft-rs; that is not a failure.
-                let _ = r.step(decode(&m.msg));
+            let (_, _, msgs) = transport::decode(&m.envelope, &TransportLimits::default())
+                .unwrap_or_else(|e| fail(format!("the simulator's own envelope: {e}")));
+            for (g, msg) in msgs {
+                if let Some(r) = groups
+                    .get_mut(g.0 as usize)
+                    .and_then(|nodes| nodes.get_mut(&m.to))
+                    .and_then(|n| n.replica.as_mut())
+                {
+                    // Stale or unexpected messages are refused by raft-rs; not a failure.
+                    let _ = r.step(msg);
+                }
             }
         }
         // After the faults: stop once every replica applied the whole history.
