@@ -45,7 +45,14 @@ pub struct Partition {
     /// Held from the sequence check of an idempotent batch until it is appended and recorded,
     /// so two requests carrying the same retry can not both pass the check.
     idempotent_append: Rc<LocalSemaphore>,
+    /// The producer state changed since its last snapshot.
+    producers_dirty: Cell<bool>,
+    /// The partition's directory (for the producer-state snapshot).
+    dir: PathBuf,
 }
+
+/// Name of the idempotent producers' snapshot in a partition directory.
+const PRODUCER_SNAPSHOT: &str = "producer_state";
 
 /// Data read for a fetch.
 pub struct FetchedData {
@@ -83,7 +90,7 @@ impl Partition {
         )
         .await?;
         log.share_sync_slots(shard.sync_slots.clone());
-        let producers = rebuild_producer_states(&log).await?;
+        let producers = rebuild_producer_states(&log, &dir).await?;
         tracing::info!(partition = %format!("{}-{}", tp.topic, tp.partition), shard = shard.id.0, start = %log.start_offset(), end = %log.end_offset(), "opened partition");
         Ok(Rc::new(Partition {
             tp,
@@ -94,6 +101,8 @@ impl Partition {
             background_flush: Cell::new(false),
             producers: RefCell::new(producers),
             idempotent_append: LocalSemaphore::new(1),
+            producers_dirty: Cell::new(false),
+            dir,
         }))
     }
 
@@ -144,7 +153,10 @@ impl Partition {
                 }
                 _ => {
                     let info = self.log.append(BytesMut::from(&b[..]), term).await?;
-                    self.producers.borrow_mut().record(h, info.base_offset);
+                    if h.producer_id >= 0 {
+                        self.producers.borrow_mut().record(h, info.base_offset);
+                        self.producers_dirty.set(true);
+                    }
                     base.get_or_insert(info.base_offset);
                     last = info.last_offset;
                 }
@@ -256,8 +268,23 @@ impl Partition {
         self.changed.notify();
     }
 
+    /// Writes the producer-state snapshot if the state changed since the last one (clean
+    /// shutdown, housekeeping). A failure is logged: the log stays the source of truth.
+    pub async fn snapshot_producers(&self) {
+        if !self.producers_dirty.replace(false) {
+            return;
+        }
+        let payload = self.producers.borrow().to_snapshot(self.log.end_offset());
+        let path = self.dir.join(PRODUCER_SNAPSHOT);
+        if let Err(e) = ringlog_storage::file::write_checked(&path, &payload).await {
+            self.producers_dirty.set(true);
+            tracing::warn!(path = %path.display(), error = %e, "writing the producer snapshot");
+        }
+    }
+
     /// Closes the log (flushing it) for shutdown or deletion.
     pub async fn close(self: Rc<Self>) {
+        self.snapshot_producers().await;
         let name = format!("{}-{}", self.tp.topic, self.tp.partition);
         match Rc::try_unwrap(self) {
             Ok(p) => {
@@ -273,13 +300,33 @@ impl Partition {
     }
 }
 
-/// Reads every batch header of `log` into the idempotent producers' state. The log is the only
-/// record of it, so this reads the whole log once per open (snapshots at segment roll, as
-/// Kafka takes them, would bound this; not needed yet).
-async fn rebuild_producer_states(log: &Log) -> Result<ProducerStates, KafkaError> {
-    let mut states = ProducerStates::default();
+/// The idempotent producers' state: the snapshot if it is still valid, then every batch header
+/// after it (the whole log without one).
+async fn rebuild_producer_states(
+    log: &Log,
+    dir: &std::path::Path,
+) -> Result<ProducerStates, KafkaError> {
     let end = log.end_offset();
-    let mut at = log.start_offset();
+    let (mut states, mut at) = (ProducerStates::default(), log.start_offset());
+    let path = dir.join(PRODUCER_SNAPSHOT);
+    match ringlog_storage::file::read_checked(&path).await {
+        Ok(Some(payload)) => match ProducerStates::from_snapshot(&payload) {
+            Ok((s, covered)) if covered <= end && covered >= log.start_offset() => {
+                states = s;
+                at = covered;
+            }
+            Ok((_, covered)) => {
+                tracing::info!(path = %path.display(), covered = %covered, end = %end, "producer snapshot does not match the log; reading the log")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable producer snapshot; reading the log")
+            }
+        },
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "unreadable producer snapshot; reading the log")
+        }
+    }
     while at < end {
         let batches = log.read(at, 4 << 20, end).await?;
         let Some(last) = batches.last() else { break };

@@ -7,10 +7,14 @@
 //! of order (reject with Kafka's error). Kafka clients keep at most five batches in flight
 //! per partition, so five remembered batches recognise every retry a well-behaved client makes.
 //!
-//! Rebuilt on open by reading every batch header of the log (`Partition::open`): the log is
-//! the only record of producer state, so a restart can not forget a sequence number that was
-//! acknowledged. Batches whose segments retention deleted are forgotten with them; a producer
-//! that resumes after that gets OUT_OF_ORDER_SEQUENCE_NUMBER and re-initializes, as with Kafka.
+//! Rebuilt on open from a snapshot plus the batch headers after it (`Partition::open`). The
+//! snapshot file `producer_state` in the partition directory is written (atomically) at clean
+//! shutdown and by housekeeping when the state changed; it records the log end offset it
+//! covers. On open it is used only when that offset is still inside the log (a crash that cut
+//! the log's unflushed tail makes it stale, and then the whole log is read), so a restart can
+//! not forget a sequence number that was acknowledged. Batches whose segments retention
+//! deleted are forgotten with them; a producer that resumes after that gets
+//! OUT_OF_ORDER_SEQUENCE_NUMBER and re-initializes, as with Kafka.
 //!
 //! Transactions will add, per producer, the first offset of the open transaction (for the last
 //! stable offset) next to the epoch; the checks below stay as they are.
@@ -34,6 +38,20 @@ pub struct ProducedBatch {
     /// Offsets the batch got.
     pub base_offset: Offset,
     pub last_offset: Offset,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Snapshot {
+    end_offset: i64,
+    producers: Vec<SnapshotProducer>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotProducer {
+    id: i64,
+    epoch: i16,
+    /// (first sequence, last sequence, base offset, last offset)
+    batches: Vec<(i32, i32, i64, i64)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -199,6 +217,56 @@ impl ProducerStates {
         }
     }
 
+    /// The snapshot payload: the state, covering the log up to `end_offset`.
+    pub fn to_snapshot(&self, end_offset: Offset) -> Vec<u8> {
+        let producers: Vec<SnapshotProducer> = self
+            .producers
+            .iter()
+            .map(|(pid, p)| SnapshotProducer {
+                id: *pid,
+                epoch: p.epoch,
+                batches: p
+                    .batches
+                    .iter()
+                    .map(|b| (b.first_seq, b.last_seq, b.base_offset.0, b.last_offset.0))
+                    .collect(),
+            })
+            .collect();
+        serde_json::to_vec(&Snapshot {
+            end_offset: end_offset.0,
+            producers,
+        })
+        .expect("producer snapshots always encode")
+    }
+
+    /// Loads a snapshot payload: the state and the end offset it covers.
+    pub fn from_snapshot(payload: &[u8]) -> Result<(ProducerStates, Offset), String> {
+        let s: Snapshot = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+        let mut states = ProducerStates::default();
+        for p in s.producers {
+            states.producers.insert(
+                p.id,
+                Producer {
+                    epoch: p.epoch,
+                    batches: p
+                        .batches
+                        .into_iter()
+                        .rev()
+                        .take(BATCHES_PER_PRODUCER)
+                        .rev()
+                        .map(|(f, l, b, e)| ProducedBatch {
+                            first_seq: f,
+                            last_seq: l,
+                            base_offset: Offset(b),
+                            last_offset: Offset(e),
+                        })
+                        .collect(),
+                },
+            );
+        }
+        Ok((states, Offset(s.end_offset)))
+    }
+
     /// Producers known.
     pub fn len(&self) -> usize {
         self.producers.len()
@@ -280,6 +348,28 @@ mod tests {
             Verdict::Duplicate(_)
         ));
         assert!(matches!(s.check(&header(1, 0, 1, 1)), Verdict::Reject(..)));
+    }
+
+    #[test]
+    fn snapshots_round_trip() {
+        let mut s = ProducerStates::default();
+        for i in 0..7 {
+            s.record(&header(1, 0, i, 1), Offset(i as i64));
+        }
+        s.record(&header(2, 3, 0, 2), Offset(7));
+        let (back, end) = ProducerStates::from_snapshot(&s.to_snapshot(Offset(9))).unwrap();
+        assert_eq!(end, Offset(9));
+        assert_eq!(back.len(), 2);
+        assert!(matches!(
+            back.check(&header(1, 0, 6, 1)),
+            Verdict::Duplicate(_)
+        ));
+        assert_eq!(back.check(&header(1, 0, 7, 1)), Verdict::Append);
+        assert!(matches!(
+            back.check(&header(2, 2, 5, 1)),
+            Verdict::Reject(..)
+        ));
+        assert!(ProducerStates::from_snapshot(b"nonsense").is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod types;
 
 mod appender;
 mod compaction;
-mod file;
+pub mod file;
 mod index;
 mod recovery;
 mod retention;

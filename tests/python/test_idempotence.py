@@ -195,6 +195,8 @@ def test_producer_state_and_ids_survive_restart(broker):
     finally:
         s.close()
     b.restart()
+    # A clean shutdown left a producer-state snapshot, so the reopen did not read the log.
+    assert (b.data_dir / "restart-0" / "producer_state").exists()
     s = connect(b)
     try:
         # The retry after the restart is still recognised...

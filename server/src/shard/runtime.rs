@@ -199,6 +199,7 @@ fn spawn_housekeeping(shard: Rc<Shard>) -> Result<glommio::Task<()>, String> {
                 glommio::timer::sleep(every).await;
                 let parts: Vec<Rc<Partition>> = shard.partitions.borrow().values().cloned().collect();
                 for p in parts {
+                    p.snapshot_producers().await;
                     match p.log.housekeeping().await {
                         Ok(r) if r.rolled || r.segments_deleted > 0 || r.records_compacted > 0 => {
                             tracing::info!(
