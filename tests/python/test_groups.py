@@ -198,13 +198,15 @@ def test_kafka_python_manual_commit_survives_restart(broker):
     assert sorted(v for (_, _, v) in first + rest) == list(range(100))
 
 
-def test_kcat_balanced_consumer(broker):
+@pytest.mark.parametrize("cores", [1, 2])
+def test_kcat_balanced_consumer(broker, cores):
     from confluent_kafka import Producer
 
     kcat = shutil.which("kcat") or shutil.which("kafkacat")
     if kcat is None:
         pytest.skip("kcat not installed")
-    b = broker(extra_args=GROUP_ARGS)
+    # With 2 cores, groups and their __consumer_offsets partitions spread over both.
+    b = broker(cores=cores, extra_args=GROUP_ARGS)
     b.create_topic("kc", partitions=3)
     p = Producer(b.client_config())
     for i in range(30):
@@ -261,10 +263,11 @@ def _commit(sock, corr, group, gen, member, topic="errs"):
     return resp.topics[0][1][0][1]
 
 
-def test_commit_and_heartbeat_errors(broker):
+@pytest.mark.parametrize("cores", [1, 2])
+def test_commit_and_heartbeat_errors(broker, cores):
     from kafka.protocol.group import HeartbeatRequest, JoinGroupRequest, SyncGroupRequest
 
-    b = broker(extra_args=GROUP_ARGS)
+    b = broker(cores=cores, extra_args=GROUP_ARGS)
     b.create_topic("errs", partitions=1)
     s = _conn(b)
     try:

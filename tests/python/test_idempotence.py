@@ -134,8 +134,9 @@ def test_confluent_idempotent_producer_100k(broker):
         last[k] = v
 
 
-def test_replayed_request_is_not_written_twice(broker):
-    b = broker()
+@pytest.mark.parametrize("cores", [1, 2])
+def test_replayed_request_is_not_written_twice(broker, cores):
+    b = broker(cores=cores)
     b.create_topic("replay", partitions=1)
     s = connect(b)
     try:
