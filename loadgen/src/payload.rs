@@ -15,6 +15,8 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use crate::workload::MessageSize;
 
@@ -65,41 +67,10 @@ impl Default for Clock {
     }
 }
 
-/// A small fast PRNG (xorshift64*): payload filler offsets, sizes, keys. Not cryptographic.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeded; a zero seed is replaced (xorshift's fixed point).
-    pub fn new(seed: u64) -> Rng {
-        Rng(if seed == 0 {
-            0x9E37_79B9_7F4A_7C15
-        } else {
-            seed
-        })
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `[0, n)` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0);
-        self.next_u64() % n
-    }
-}
-
 /// Makes message values and keys for one producer.
 pub struct Payloads {
     filler: Bytes,
-    rng: Rng,
+    rng: SmallRng,
     size: MessageSize,
     keys: Option<Vec<Bytes>>,
 }
@@ -107,10 +78,10 @@ pub struct Payloads {
 impl Payloads {
     /// A generator with its own seed.
     pub fn new(seed: u64, size: MessageSize, key_count: Option<u32>) -> Payloads {
-        let mut rng = Rng::new(seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
         let mut filler = BytesMut::with_capacity(FILLER_BYTES);
         while filler.len() < FILLER_BYTES {
-            filler.put_u64(rng.next_u64());
+            filler.put_u64(rng.gen());
         }
         let keys = key_count.map(|n| (0..n).map(|k| Bytes::from(format!("key-{k:08}"))).collect());
         Payloads {
@@ -126,7 +97,7 @@ impl Payloads {
         match self.size {
             MessageSize::Fixed { bytes } => bytes,
             MessageSize::Uniform { min, max } => {
-                min + self.rng.below((max - min + 1) as u64) as u32
+                min + self.rng.gen_range(0..(max - min + 1) as u64) as u32
             }
         }
     }
@@ -140,7 +111,7 @@ impl Payloads {
             b.put_u64(intended_us);
         }
         while b.len() < size {
-            let start = self.rng.below(FILLER_BYTES as u64) as usize;
+            let start = self.rng.gen_range(0..FILLER_BYTES as u64) as usize;
             let n = (size - b.len()).min(FILLER_BYTES - start);
             b.put_slice(&self.filler[start..start + n]);
         }
@@ -150,12 +121,12 @@ impl Payloads {
     /// The next key, if the workload is keyed.
     pub fn next_key(&mut self) -> Option<Bytes> {
         let keys = self.keys.as_ref()?;
-        let i = self.rng.below(keys.len() as u64) as usize;
+        let i = self.rng.gen_range(0..keys.len() as u64) as usize;
         Some(keys[i].clone())
     }
 
     /// Random bits for callers (sticky partition choice).
-    pub fn rng(&mut self) -> &mut Rng {
+    pub fn rng(&mut self) -> &mut SmallRng {
         &mut self.rng
     }
 }

@@ -33,6 +33,7 @@ use kafka_protocol::records::{
     Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType, NO_PARTITION_LEADER_EPOCH,
     NO_PRODUCER_EPOCH, NO_PRODUCER_ID,
 };
+use rand::Rng as _;
 
 use crate::client::{Connection, PRODUCE_VERSION_MAX};
 use crate::cluster::{self, ClusterView};
@@ -100,7 +101,7 @@ pub async fn run(ctx: ProducerCtx) {
     let w = ctx.workload.clone();
     let seed = 0x5EED_0000 + ctx.id as u64 * 7919;
     let mut payloads = Payloads::new(seed, w.message_size, w.key_count);
-    let sticky = payloads.rng().below(w.partitions as u64) as usize;
+    let sticky = payloads.rng().gen_range(0..w.partitions);
     let mut p = Producer {
         payloads,
         batches: (0..w.partitions).map(|_| VecDeque::new()).collect(),
@@ -319,7 +320,7 @@ impl Producer {
     fn next_sticky(&mut self) {
         let n = self.ctx.workload.partitions;
         if n > 1 {
-            let r = self.payloads.rng().below(n as u64 - 1) as usize;
+            let r = self.payloads.rng().gen_range(0..n - 1);
             self.sticky = (self.sticky + 1 + r) % n;
         }
     }

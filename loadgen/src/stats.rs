@@ -25,9 +25,9 @@ pub fn record(h: &mut Histogram<u64>, us: u64) {
     h.saturating_record(us.clamp(1, LATENCY_US_MAX));
 }
 
-/// Counters and histograms of one second on one core (or merged over cores).
+/// The histograms and counters every report has (a second's, or the measured window's).
 #[derive(Debug, Clone)]
-pub struct Interval {
+pub struct Counts {
     /// Publish latency: ack time minus intended send time.
     pub publish: Histogram<u64>,
     /// Publish delay: actual send (hand-off to the connection) minus intended send time. Large
@@ -43,14 +43,11 @@ pub struct Interval {
     /// Messages and bytes consumed.
     pub consumed_msgs: u64,
     pub consumed_bytes: u64,
-    /// Largest schedule lag seen at the end of the second, µs: how far behind its intended
-    /// times the furthest-behind producer was (0 when on time, or in max-rate mode).
-    pub schedule_lag_us: u64,
 }
 
-impl Default for Interval {
+impl Default for Counts {
     fn default() -> Self {
-        Interval {
+        Counts {
             publish: histogram(),
             publish_delay: histogram(),
             end_to_end: histogram(),
@@ -59,14 +56,13 @@ impl Default for Interval {
             errors: 0,
             consumed_msgs: 0,
             consumed_bytes: 0,
-            schedule_lag_us: 0,
         }
     }
 }
 
-impl Interval {
+impl Counts {
     /// Adds `other` into `self`.
-    pub fn merge(&mut self, other: &Interval) {
+    pub fn merge(&mut self, other: &Counts) {
         // Same bounds on both sides: adding can not fail.
         self.publish.add(&other.publish).expect("same bounds");
         self.publish_delay
@@ -78,21 +74,43 @@ impl Interval {
         self.errors += other.errors;
         self.consumed_msgs += other.consumed_msgs;
         self.consumed_bytes += other.consumed_bytes;
+    }
+}
+
+/// One second on one core (or merged over cores): [`Counts`] by completion time.
+#[derive(Debug, Clone, Default)]
+pub struct Interval {
+    pub counts: Counts,
+    /// Largest schedule lag seen at the end of the second, µs: how far behind its intended
+    /// times the furthest-behind producer was (0 when on time, or in max-rate mode).
+    pub schedule_lag_us: u64,
+}
+
+impl std::ops::Deref for Interval {
+    type Target = Counts;
+    fn deref(&self) -> &Counts {
+        &self.counts
+    }
+}
+
+impl std::ops::DerefMut for Interval {
+    fn deref_mut(&mut self) -> &mut Counts {
+        &mut self.counts
+    }
+}
+
+impl Interval {
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &Interval) {
+        self.counts.merge(&other.counts);
         self.schedule_lag_us = self.schedule_lag_us.max(other.schedule_lag_us);
     }
 }
 
-/// Aggregates over the measured window (by intended send time).
-#[derive(Debug, Clone)]
+/// The measured window: [`Counts`] of the messages intended inside it, plus run-wide counts.
+#[derive(Debug, Clone, Default)]
 pub struct Totals {
-    pub publish: Histogram<u64>,
-    pub publish_delay: Histogram<u64>,
-    pub end_to_end: Histogram<u64>,
-    pub acked_msgs: u64,
-    pub acked_bytes: u64,
-    pub errors: u64,
-    pub consumed_msgs: u64,
-    pub consumed_bytes: u64,
+    pub counts: Counts,
     /// Messages the schedule asked for in the window (constant-rate mode).
     pub intended_msgs: u64,
     /// Messages produced in the whole run, warm-up included (acked or failed), and consumed:
@@ -101,37 +119,23 @@ pub struct Totals {
     pub run_consumed_msgs: u64,
 }
 
-impl Default for Totals {
-    fn default() -> Self {
-        Totals {
-            publish: histogram(),
-            publish_delay: histogram(),
-            end_to_end: histogram(),
-            acked_msgs: 0,
-            acked_bytes: 0,
-            errors: 0,
-            consumed_msgs: 0,
-            consumed_bytes: 0,
-            intended_msgs: 0,
-            run_acked_msgs: 0,
-            run_consumed_msgs: 0,
-        }
+impl std::ops::Deref for Totals {
+    type Target = Counts;
+    fn deref(&self) -> &Counts {
+        &self.counts
+    }
+}
+
+impl std::ops::DerefMut for Totals {
+    fn deref_mut(&mut self) -> &mut Counts {
+        &mut self.counts
     }
 }
 
 impl Totals {
     /// Adds `other` into `self`.
     pub fn merge(&mut self, other: &Totals) {
-        self.publish.add(&other.publish).expect("same bounds");
-        self.publish_delay
-            .add(&other.publish_delay)
-            .expect("same bounds");
-        self.end_to_end.add(&other.end_to_end).expect("same bounds");
-        self.acked_msgs += other.acked_msgs;
-        self.acked_bytes += other.acked_bytes;
-        self.errors += other.errors;
-        self.consumed_msgs += other.consumed_msgs;
-        self.consumed_bytes += other.consumed_bytes;
+        self.counts.merge(&other.counts);
         self.intended_msgs += other.intended_msgs;
         self.run_acked_msgs += other.run_acked_msgs;
         self.run_consumed_msgs += other.run_consumed_msgs;

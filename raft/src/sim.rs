@@ -19,6 +19,8 @@ use std::rc::Rc;
 use raft::prelude::{ConfState, Entry, HardState, Message, Snapshot};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, Storage};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use crate::replica::{Applied, Durable, Replica, ReplicaError, Timing};
 use crate::transport::{self, TransportLimits};
@@ -184,35 +186,6 @@ impl Durable for SimStore {
     }
 }
 
-/// A small deterministic PRNG (xorshift64*).
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeded (a zero seed is replaced: xorshift's fixed point).
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    /// Next 64 bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `[0, n)`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0);
-        self.next_u64() % n
-    }
-    /// True with probability `p` (0..=1).
-    pub fn chance(&mut self, p: f64) -> bool {
-        ((self.next_u64() >> 11) as f64) < p * (1u64 << 53) as f64
-    }
-}
-
 /// Knobs of one simulation.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -309,7 +282,16 @@ pub fn run(seed: u64, cfg: &SimConfig) -> SimReport {
     let fail = |what: String| -> ! {
         panic!("raft simulation failed with seed {seed}: {what} (rerun: RAFT_SIM_SEED={seed})")
     };
-    let mut rng = Rng::new(seed);
+    assert!(
+        cfg.tick_ms > 0
+            && cfg.delay_ms_max > 0
+            && cfg.partition_ms_max > 0
+            && cfg.restart_after_ms_max > 0
+            && cfg.replicas > 0,
+        "simulation intervals must be positive"
+    );
+    // ChaCha, reproducible for a seed within rand 0.8 (the lockfile pins it).
+    let mut rng = StdRng::seed_from_u64(seed);
     let voters: Vec<u64> = (1..=cfg.replicas).collect();
     let mut groups: Vec<BTreeMap<u64, Node>> = (0..cfg.groups)
         .map(|_| {
@@ -348,10 +330,10 @@ pub fn run(seed: u64, cfg: &SimConfig) -> SimReport {
         if isolated.is_some_and(|(_, until)| now >= until) || !faults {
             isolated = None;
         }
-        if faults && isolated.is_none() && rng.chance(cfg.partition_probability) {
+        if faults && isolated.is_none() && rng.gen_bool(cfg.partition_probability) {
             isolated = Some((
-                1 + rng.below(cfg.replicas),
-                now + 1 + rng.below(cfg.partition_ms_max),
+                1 + rng.gen_range(0..cfg.replicas),
+                now + 1 + rng.gen_range(0..cfg.partition_ms_max),
             ));
             report.partitions += 1;
         }
@@ -367,12 +349,12 @@ pub fn run(seed: u64, cfg: &SimConfig) -> SimReport {
                     );
                     // It re-applies the committed log from the start.
                     n.applied.clear();
-                    n.next_tick = now + rng.below(cfg.tick_ms);
-                } else if faults && n.replica.is_some() && rng.chance(cfg.crash_probability) {
+                    n.next_tick = now + rng.gen_range(0..cfg.tick_ms);
+                } else if faults && n.replica.is_some() && rng.gen_bool(cfg.crash_probability) {
                     n.replica = None;
                     // Writes in flight are lost with the process.
                     n.store.disk.borrow_mut().pending.clear();
-                    n.down_until = now + 1 + rng.below(cfg.restart_after_ms_max);
+                    n.down_until = now + 1 + rng.gen_range(0..cfg.restart_after_ms_max);
                     report.crashes += 1;
                 }
             }
@@ -381,12 +363,12 @@ pub fn run(seed: u64, cfg: &SimConfig) -> SimReport {
                 if let Some(r) = n.replica.as_mut() {
                     if now >= n.next_tick {
                         r.tick();
-                        n.next_tick = now + cfg.tick_ms + rng.below(cfg.tick_ms / 2 + 1);
+                        n.next_tick = now + cfg.tick_ms + rng.gen_range(0..cfg.tick_ms / 2 + 1);
                     }
                 }
             }
             // Client proposals go to whoever thinks it leads.
-            if rng.chance(cfg.propose_probability) {
+            if rng.gen_bool(cfg.propose_probability) {
                 if let Some(r) = nodes
                     .values_mut()
                     .filter_map(|n| n.replica.as_mut())
@@ -407,7 +389,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> SimReport {
                 let done = {
                     let mut disk = n.store.disk.borrow_mut();
                     disk.now = now;
-                    disk.latency = rng.below(cfg.disk_latency_ms_max + 1);
+                    disk.latency = rng.gen_range(0..cfg.disk_latency_ms_max + 1);
                     disk.complete(now)
                 };
                 if let Some(number) = done {
@@ -451,13 +433,13 @@ pub fn run(seed: u64, cfg: &SimConfig) -> SimReport {
         // way brokers batch heartbeats); a drop or a partition loses the whole envelope.
         for ((from, to), msgs) in std::mem::take(&mut wire) {
             let cut = isolated.is_some_and(|(i, _)| i == from || i == to);
-            if cut || (faults && rng.chance(cfg.drop_probability)) {
+            if cut || (faults && rng.gen_bool(cfg.drop_probability)) {
                 report.dropped += msgs.len() as u64;
                 continue;
             }
             seq += 1;
             net.push(InFlight {
-                at: now + 1 + rng.below(cfg.delay_ms_max),
+                at: now + 1 + rng.gen_range(0..cfg.delay_ms_max),
                 seq,
                 envelope: transport::encode(NodeId(from), NodeId(to), &msgs),
                 to,
@@ -514,15 +496,6 @@ fn converged(groups: &[BTreeMap<u64, Node>], history: &[BTreeMap<u64, Vec<u8>>])
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rng_is_deterministic() {
-        let mut a = Rng::new(7);
-        let mut b = Rng::new(7);
-        for _ in 0..100 {
-            assert_eq!(a.next_u64(), b.next_u64());
-        }
-    }
 
     #[test]
     fn a_quiet_cluster_elects_and_commits() {

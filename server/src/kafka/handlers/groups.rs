@@ -40,6 +40,32 @@ fn osb(s: &Option<String>) -> Option<StrBytes> {
     s.as_deref().map(sb)
 }
 
+/// Persists the group's membership when the protocol changed it (a failure is logged: the
+/// group goes on in memory and members rejoin after a coordinator restart).
+async fn persist_if_changed(s: &Rc<Shard>, p: i32, group: &str, changed: bool) {
+    if changed {
+        if let Err(e) = groups::persist_group(s, p, group).await {
+            tracing::warn!(group = %group, error = %e.message, "persisting group");
+        }
+    }
+}
+
+/// Persists if needed, then answers at once or when the group protocol answers.
+async fn settle<R>(
+    s: &Rc<Shard>,
+    p: i32,
+    group: &str,
+    changed: bool,
+    outcome: Result<R, futures::channel::oneshot::Receiver<R>>,
+    unavailable: R,
+) -> R {
+    persist_if_changed(s, p, group, changed).await;
+    match outcome {
+        Ok(r) => r,
+        Err(rx) => rx.await.unwrap_or(unavailable),
+    }
+}
+
 /// Largest committed-offset metadata string (Kafka's `offset.metadata.max.bytes`).
 const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 
@@ -150,15 +176,7 @@ pub async fn join_group(
                         .or_insert_with(|| Group::new(&group));
                     g.join(jr, &timing, Instant::now(), &mut changed)
                 };
-                if changed {
-                    if let Err(e) = groups::persist_group(&s, p, &group).await {
-                        tracing::warn!(group = %group, error = %e.message, "persisting group");
-                    }
-                }
-                match outcome {
-                    Ok(r) => r,
-                    Err(rx) => rx.await.unwrap_or(unavailable),
-                }
+                settle(&s, p, &group, changed, outcome, unavailable).await
             },
         )
         .await
@@ -226,15 +244,7 @@ pub async fn sync_group(shard: &Rc<Shard>, req: SyncGroupRequest) -> SyncGroupRe
                         None => Ok(err(code::UNKNOWN_MEMBER_ID)),
                     }
                 };
-                if changed {
-                    if let Err(e) = groups::persist_group(&s, p, &group).await {
-                        tracing::warn!(group = %group, error = %e.message, "persisting group");
-                    }
-                }
-                match outcome {
-                    Ok(r) => r,
-                    Err(rx) => rx.await.unwrap_or(unavailable),
-                }
+                settle(&s, p, &group, changed, outcome, unavailable).await
             },
         )
         .await
@@ -315,11 +325,7 @@ pub async fn leave_group(
                     None => vec![code::UNKNOWN_MEMBER_ID; members.len()],
                 }
             };
-            if changed {
-                if let Err(e) = groups::persist_group(&s, p, &group).await {
-                    tracing::warn!(group = %group, error = %e.message, "persisting group");
-                }
-            }
+            persist_if_changed(&s, p, &group, changed).await;
             codes
         },
     )
@@ -446,6 +452,15 @@ pub async fn offset_commit(shard: &Rc<Shard>, req: OffsetCommitRequest) -> Offse
     OffsetCommitResponse::default().with_topics(topics)
 }
 
+/// Offset, leader epoch and metadata of a committed offset, or Kafka's "nothing committed"
+/// (-1, -1, empty metadata).
+fn committed_fields(c: Option<Committed>) -> (i64, i32, Option<StrBytes>) {
+    match c {
+        Some(c) => (c.offset, c.leader_epoch, osb(&c.metadata)),
+        None => (-1, -1, Some(sb(""))),
+    }
+}
+
 /// Committed offsets of one topic (None: nothing committed for that partition).
 type TopicOffsets = (String, Vec<(i32, Option<Committed>)>);
 
@@ -526,17 +541,12 @@ pub async fn offset_fetch(
                                         parts
                                             .into_iter()
                                             .map(|(p, c)| {
-                                                let (o, e, m) = match c {
-                                                    Some(c) => {
-                                                        (c.offset, c.leader_epoch, c.metadata)
-                                                    }
-                                                    None => (-1, -1, Some(String::new())),
-                                                };
+                                                let (o, e, m) = committed_fields(c);
                                                 OffsetFetchResponsePartitions::default()
                                                     .with_partition_index(p)
                                                     .with_committed_offset(o)
                                                     .with_committed_leader_epoch(e)
-                                                    .with_metadata(osb(&m))
+                                                    .with_metadata(m)
                                             })
                                             .collect(),
                                     )
@@ -565,15 +575,12 @@ pub async fn offset_fetch(
                             parts
                                 .into_iter()
                                 .map(|(p, c)| {
-                                    let (o, e, m) = match c {
-                                        Some(c) => (c.offset, c.leader_epoch, c.metadata),
-                                        None => (-1, -1, Some(String::new())),
-                                    };
+                                    let (o, e, m) = committed_fields(c);
                                     OffsetFetchResponsePartition::default()
                                         .with_partition_index(p)
                                         .with_committed_offset(o)
                                         .with_committed_leader_epoch(e)
-                                        .with_metadata(osb(&m))
+                                        .with_metadata(m)
                                 })
                                 .collect(),
                         )
