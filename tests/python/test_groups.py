@@ -413,3 +413,31 @@ def test_offset_delete(broker):
     )["od-g"].result(timeout=20)
     got = {tp.partition: tp.offset for tp in res.topic_partitions}
     assert got[1] == 9 and got[0] < 0, got
+
+
+def test_offsets_of_an_empty_group_expire(broker):
+    """offsets.retention.minutes (here 1): a group that stays empty that long loses its
+    committed offsets and disappears; the test takes a little over a minute."""
+    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+
+    b = broker(extra_args=GROUP_ARGS + ("--offsets-retention-minutes", "1"))
+    b.create_topic("ret", partitions=1)
+    c = Consumer(b.client_config({"group.id": "ret-g", "enable.auto.commit": False}))
+    c.assign([TopicPartition("ret", 0)])
+    c.commit(offsets=[TopicPartition("ret", 0, 3)], asynchronous=False)
+    c.close()
+    admin = b.admin()
+
+    def committed():
+        res = admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions("ret-g", [TopicPartition("ret", 0)])]
+        )["ret-g"].result(timeout=20)
+        return res.topic_partitions[0].offset
+
+    assert committed() == 3
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and committed() == 3:
+        time.sleep(2)
+    assert committed() < 0
+    groups = admin.list_consumer_groups().result(timeout=20)
+    assert "ret-g" not in {g.group_id for g in groups.valid}
