@@ -50,15 +50,20 @@ pub async fn write_checked(path: &Path, payload: &[u8]) -> Result<()> {
     result.map_err(|e| StorageError::glommio("writing", path, e))
 }
 
-/// Reads a file written by [`write_checked`]. `Ok(None)` when it is missing, short, or fails its
-/// checksum: the caller rebuilds what it held.
-pub async fn read_checked(path: &Path) -> Result<Option<Vec<u8>>> {
+/// What reading a checked file found.
+enum Checked {
+    Missing,
+    Damaged(String),
+    Valid(Vec<u8>),
+}
+
+async fn read_and_check(path: &Path) -> Result<Checked> {
     let file = match DmaFile::open(path).await {
         Ok(f) => f,
         Err(e) => {
             let e: std::io::Error = e.into();
             if e.kind() == std::io::ErrorKind::NotFound {
-                return Ok(None);
+                return Ok(Checked::Missing);
             }
             return Err(StorageError::io("opening", path, e));
         }
@@ -72,18 +77,51 @@ pub async fn read_checked(path: &Path) -> Result<Option<Vec<u8>>> {
     let _ = file.close().await;
     let data = result.map_err(|e| StorageError::glommio("reading", path, e))?;
     if data.len() < HEADER_BYTES {
-        return Ok(None);
+        return Ok(Checked::Damaged(format!(
+            "{} bytes, shorter than the header",
+            data.len()
+        )));
     }
     let mut h = &data[..HEADER_BYTES];
     let (magic, len, crc) = (h.get_u32(), h.get_u32() as usize, h.get_u32());
-    if magic != MAGIC || data.len() != HEADER_BYTES + len {
-        return Ok(None);
+    if magic != MAGIC {
+        return Ok(Checked::Damaged(format!("bad magic {magic:#x}")));
+    }
+    if data.len() != HEADER_BYTES + len {
+        return Ok(Checked::Damaged(format!(
+            "{} bytes, the header says {}",
+            data.len(),
+            HEADER_BYTES + len
+        )));
     }
     let payload = &data[HEADER_BYTES..];
     if crc32c::crc32c(payload) != crc {
-        return Ok(None);
+        return Ok(Checked::Damaged("checksum mismatch".into()));
     }
-    Ok(Some(payload.to_vec()))
+    Ok(Checked::Valid(payload.to_vec()))
+}
+
+/// Reads a file written by [`write_checked`]. `Ok(None)` when it is missing, short, or fails its
+/// checksum: the caller rebuilds what it held.
+pub async fn read_checked(path: &Path) -> Result<Option<Vec<u8>>> {
+    Ok(match read_and_check(path).await? {
+        Checked::Valid(p) => Some(p),
+        Checked::Missing | Checked::Damaged(_) => None,
+    })
+}
+
+/// Like [`read_checked`], for state that can not be rebuilt (a Raft vote): `Ok(None)` only
+/// when the file is missing; a damaged file is [`StorageError::Corrupt`].
+pub async fn read_checked_strict(path: &Path) -> Result<Option<Vec<u8>>> {
+    match read_and_check(path).await? {
+        Checked::Valid(p) => Ok(Some(p)),
+        Checked::Missing => Ok(None),
+        Checked::Damaged(reason) => Err(StorageError::Corrupt {
+            path: path.to_path_buf(),
+            position: 0,
+            reason,
+        }),
+    }
 }
 
 /// Removes a file, treating "already gone" as success.
