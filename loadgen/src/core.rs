@@ -159,6 +159,21 @@ impl CoreStats {
         }
     }
 
+    /// A produce request with `batches` partition batches was sent (counted for the window
+    /// when the request's first message was intended inside it).
+    pub fn request_sent(&self, batches: u64, first_intended: Option<Instant>) {
+        {
+            let mut iv = self.interval.borrow_mut();
+            iv.produce_requests += 1;
+            iv.produce_batches += batches;
+        }
+        if first_intended.is_some_and(|t| self.window().measures(t)) {
+            let mut t = self.totals.borrow_mut();
+            t.produce_requests += 1;
+            t.produce_batches += batches;
+        }
+    }
+
     /// A producer is `lag_us` behind its schedule.
     pub fn lag(&self, lag_us: u64) {
         let mut iv = self.interval.borrow_mut();

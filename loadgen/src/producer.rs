@@ -463,6 +463,10 @@ impl Producer {
                         .with_name(self.topic.clone())
                         .with_partition_data(data)]);
                 sent.at = Instant::now();
+                self.ctx.stats.request_sent(
+                    sent.parts.len() as u64,
+                    sent.parts.first().and_then(|(_, t, _)| t.first().copied()),
+                );
                 let fut = match conn.version::<ProduceRequest>(PRODUCE_VERSION_MAX) {
                     Ok(v) if w.acks == Acks::None => conn
                         .send_without_response(&req, v)

@@ -175,6 +175,15 @@ pub fn summary(r: &RunResult, v: &Verdict) -> String {
             p.avg, p.p50, p.p75, p.p90, p.p95, p.p99, p.p999, p.p9999, p.max, p.count
         );
     }
+    if r.totals.produce_requests > 0 {
+        let _ = writeln!(
+            s,
+            "batching: {} produce requests, {:.1} messages and {:.2} partition batches per request",
+            r.totals.produce_requests,
+            r.totals.acked_msgs as f64 / r.totals.produce_requests as f64,
+            r.totals.produce_batches as f64 / r.totals.produce_requests as f64
+        );
+    }
     let _ = writeln!(
         s,
         "messages: {} intended, {} acked, {} errors in the window; {} acked and {} consumed in the whole run",
@@ -363,6 +372,17 @@ pub fn to_json(r: &RunResult, v: &Verdict, labels: &Labels) -> Value {
             "sustained": v.sustained,
             "notSustainedBecause": v.why_not,
             "scheduleLagAtEndMs": r.lag_at_end_us as f64 / 1000.0,
+            "produceRequests": r.totals.produce_requests,
+            "messagesPerProduceRequest": if r.totals.produce_requests > 0 {
+                json!(r.totals.acked_msgs as f64 / r.totals.produce_requests as f64)
+            } else {
+                Value::Null
+            },
+            "batchesPerProduceRequest": if r.totals.produce_requests > 0 {
+                json!(r.totals.produce_batches as f64 / r.totals.produce_requests as f64)
+            } else {
+                Value::Null
+            },
             "messagesIntended": r.totals.intended_msgs,
             "messagesAcked": r.totals.acked_msgs,
             "messagesConsumed": r.totals.consumed_msgs,

@@ -43,6 +43,9 @@ pub struct Counts {
     /// Messages and bytes consumed.
     pub consumed_msgs: u64,
     pub consumed_bytes: u64,
+    /// Produce requests sent, and the partition batches in them (how well producers batch).
+    pub produce_requests: u64,
+    pub produce_batches: u64,
 }
 
 impl Default for Counts {
@@ -56,6 +59,8 @@ impl Default for Counts {
             errors: 0,
             consumed_msgs: 0,
             consumed_bytes: 0,
+            produce_requests: 0,
+            produce_batches: 0,
         }
     }
 }
@@ -74,6 +79,8 @@ impl Counts {
         self.errors += other.errors;
         self.consumed_msgs += other.consumed_msgs;
         self.consumed_bytes += other.consumed_bytes;
+        self.produce_requests += other.produce_requests;
+        self.produce_batches += other.produce_batches;
     }
 }
 
