@@ -265,6 +265,21 @@ impl Connection {
         }
     }
 
+    /// Hands a frame to the writer task, counting it outstanding until its response (or, with
+    /// `written`, its write) arrives.
+    fn enqueue(&self, frame: Bytes, written: Option<oneshot::Sender<()>>) {
+        self.shared
+            .outstanding
+            .set(self.shared.outstanding.get() + 1);
+        if self
+            .out
+            .unbounded_send(Outgoing { frame, written })
+            .is_err()
+        {
+            self.shared.fail("writer stopped".into());
+        }
+    }
+
     /// Queues a request and returns the future of its response (which fails after the request
     /// timeout, closing the connection: later responses would be out of step).
     pub fn send<R: Request>(
@@ -279,19 +294,7 @@ impl Connection {
             .pending
             .borrow_mut()
             .push_back((correlation, tx));
-        self.shared
-            .outstanding
-            .set(self.shared.outstanding.get() + 1);
-        if self
-            .out
-            .unbounded_send(Outgoing {
-                frame,
-                written: None,
-            })
-            .is_err()
-        {
-            self.shared.fail("writer stopped".into());
-        }
+        self.enqueue(frame, None);
         let addr = self.addr;
         let shared = self.shared.clone();
         let timeout = self.request_timeout;
@@ -335,19 +338,7 @@ impl Connection {
         self.check_open()?;
         let (_, frame) = self.frame(req, version)?;
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .outstanding
-            .set(self.shared.outstanding.get() + 1);
-        if self
-            .out
-            .unbounded_send(Outgoing {
-                frame,
-                written: Some(tx),
-            })
-            .is_err()
-        {
-            self.shared.fail("writer stopped".into());
-        }
+        self.enqueue(frame, Some(tx));
         let addr = self.addr;
         let shared = self.shared.clone();
         Ok(async move {
