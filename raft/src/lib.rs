@@ -19,6 +19,7 @@
 //! log) with persistence through the storage crate's group commit, the TCP transport between
 //! brokers, the controller group and placement.
 
+pub mod log_store;
 pub mod replica;
 pub mod sim;
 pub mod state_file;

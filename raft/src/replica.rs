@@ -128,6 +128,56 @@ impl<S: Storage + Durable> Replica<S> {
         Ok(self.node.propose(Vec::new(), data)?)
     }
 
+    /// Proposes one record batch of `records` records as a run of Raft entries (see
+    /// `log_store`): `stamp` gets the index the batch will have and the current term and
+    /// returns the stamped batch; the other `records - 1` entries are empty placeholders.
+    /// Returns the run's first and last index. Only a leader accepts.
+    pub fn propose_run(
+        &mut self,
+        records: usize,
+        stamp: impl FnOnce(RaftIndex, RaftTerm) -> Result<Vec<u8>, String>,
+    ) -> Result<(RaftIndex, RaftIndex), ReplicaError> {
+        if !self.is_leader() || self.node.raft.lead_transferee.is_some() {
+            return Err(ReplicaError::Raft(raft::Error::ProposalDropped));
+        }
+        let first = self.node.raft.raft_log.last_index() + 1;
+        let term = self.node.raft.term;
+        let data = stamp(RaftIndex(first), RaftTerm(term)).map_err(ReplicaError::Persist)?;
+        let mut m = Message::default();
+        m.set_msg_type(raft::prelude::MessageType::MsgPropose);
+        m.from = self.node.raft.id;
+        m.entries.push(Entry {
+            data: data.into(),
+            ..Entry::default()
+        });
+        for _ in 1..records.max(1) {
+            m.entries.push(Entry::default());
+        }
+        self.node.step(m)?;
+        let last = self.node.raft.raft_log.last_index();
+        assert_eq!(
+            last,
+            first + records.max(1) as u64 - 1,
+            "a proposed run did not get consecutive indexes"
+        );
+        Ok((RaftIndex(first), RaftIndex(last)))
+    }
+
+    /// A cold read the store started for raft-rs finished: raft-rs retries the send.
+    pub fn on_entries_fetched(&mut self, context: raft::GetEntriesContext) {
+        self.node.on_entries_fetched(context);
+    }
+
+    /// The last index of the log (persisted or not).
+    pub fn last_index(&self) -> RaftIndex {
+        RaftIndex(self.node.raft.raft_log.last_index())
+    }
+
+    /// The mutable log store.
+    pub fn store_mut(&mut self) -> &mut S {
+        self.node.mut_store()
+    }
+
     /// True while this replica leads.
     pub fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader

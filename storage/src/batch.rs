@@ -407,6 +407,26 @@ pub mod build {
 
     /// Encodes an uncompressed RecordBatch v2 with base offset 0, as a producer would send it.
     pub fn encode_batch(records: &[NewRecord], timestamp_ms: i64) -> BytesMut {
+        encode_with_attributes(records, timestamp_ms, 0)
+    }
+
+    /// Encodes a control batch (attribute bit 5) of one record: clients skip control batches,
+    /// so the broker can keep records of its own (Raft's no-op entries) in a topic's log
+    /// without consumers seeing them. The key starts with Kafka's control-record header
+    /// (version, type), as clients parse it.
+    pub fn encode_control_batch(key: &[u8], timestamp_ms: i64) -> BytesMut {
+        let record = NewRecord {
+            key: Some(key.to_vec()),
+            value: None,
+        };
+        encode_with_attributes(&[record], timestamp_ms, CONTROL_FLAG)
+    }
+
+    fn encode_with_attributes(
+        records: &[NewRecord],
+        timestamp_ms: i64,
+        attributes: i16,
+    ) -> BytesMut {
         let mut body = BytesMut::new();
         for (i, r) in records.iter().enumerate() {
             let mut rec = BytesMut::new();
@@ -425,7 +445,7 @@ pub mod build {
         out.put_i32(-1);
         out.put_i8(2);
         out.put_u32(0);
-        out.put_i16(0);
+        out.put_i16(attributes);
         out.put_i32(records.len().saturating_sub(1) as i32);
         out.put_i64(timestamp_ms);
         out.put_i64(timestamp_ms);

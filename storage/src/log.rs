@@ -618,6 +618,32 @@ impl Log {
         }
     }
 
+    /// What [`Log::read`] would return, if it can be served from memory (the batch cache or
+    /// the not yet written tail) without waiting; `None` when the disk would be needed. Raft's
+    /// synchronous `Storage::entries` uses it and falls back to an asynchronous read.
+    pub fn read_in_memory(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        end: Offset,
+    ) -> Option<Vec<Bytes>> {
+        let written_end = self.refresh_written();
+        let end = {
+            let st = self.state.borrow();
+            if from < st.start_offset || from > st.next_offset {
+                return None;
+            }
+            end.min(st.next_offset)
+        };
+        if from >= end {
+            return Some(Vec::new());
+        }
+        if let Some(hit) = self.cache.read(self.cache_id, from, end, max_bytes) {
+            return Some(hit);
+        }
+        (from >= written_end).then(|| self.read_unwritten(from, end, max_bytes))
+    }
+
     fn read_unwritten(&self, from: Offset, end: Offset, max_bytes: usize) -> Vec<Bytes> {
         let st = self.state.borrow();
         let mut out = Vec::new();

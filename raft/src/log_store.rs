@@ -1,0 +1,659 @@
+//! The partition log as the Raft log: raft-rs's `Storage` and the replica's [`Durable`] over a
+//! `ringlog_storage::Log`. There is no second write-ahead log: what Raft persists is the
+//! partition's segments, and what consumers fetch is what Raft replicated.
+//!
+//! Runs on the core that owns the group (the log's core); `LogStore` is `!Send`. The replica
+//! (through raft-rs) calls the synchronous `Storage` methods and [`Durable::write`]; the
+//! owner runs [`LogStore::work`] in a task of its own, which does the asynchronous part
+//! (appends, truncation, fdatasync, the state file, cold reads) and reports progress.
+//!
+//! ## Raft index and Kafka offset
+//! Raft index `i` holds Kafka offset `i - 1`, always ([`offset_of`], [`index_of`]). A record
+//! batch of `n` records is one *run* of `n` Raft entries: the first carries the batch bytes
+//! (with its `baseOffset` and `partitionLeaderEpoch` already stamped by the leader), the other
+//! `n - 1` are empty *placeholders* with the same term, implied by the batch and stored
+//! nowhere. Raft's own entries (the empty entry of a new leader) become a control batch of one
+//! record (key [`NOOP_CONTROL_KEY`]), so they take one offset and consumers skip them as they
+//! skip transaction markers. The batch's leader epoch is the Raft term.
+//!
+//! Why this mapping: there is no index-to-offset table to persist, rebuild or keep in memory;
+//! a fetch offset *is* a Raft index; the log's terms are Raft's terms, so OffsetForLeaderEpoch
+//! and Raft agree by construction. The cost: raft-rs holds one `Entry` per record while it is
+//! in flight, and an append message carries about 10 bytes per record for the placeholders.
+//!
+//! ## Visibility
+//! [`Durable::write`] must make entries readable at once, but appending to the log is
+//! asynchronous. Entries at or above `view_from` are therefore served from `view` (the runs
+//! written but maybe not yet in the log), entries below it from the log. The worker moves
+//! `view_from` up only over runs the log holds and no queued truncation will remove.
+//!
+//! ## Invariants
+//! - Runs are whole in the log: a batch is appended with all its records, so the log always
+//!   ends at a run boundary; truncation points are run boundaries (asserted).
+//! - Writes reach the log in the order of their Ready numbers, and a number is reported
+//!   durable only after the log's fdatasync (and the state file, when term or vote changed)
+//!   covers it and every earlier one.
+//! - The offsets the log assigns equal the offsets the leader stamped (asserted: a mismatch
+//!   would mean two replicas disagree about a committed offset).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
+use ringlog_storage::batch::{self, BatchHeader};
+use ringlog_storage::{Log, Offset, StorageError, Term};
+
+use crate::replica::{Durable, ReplicaError};
+use crate::state_file::{self, StateFileError};
+use crate::types::{NodeId, RaftIndex, RaftTerm};
+
+/// Key of the control record that stands for a Raft no-op entry: Kafka's control-record key
+/// header (version 0, then a type no Kafka client acts on: 0x5246, "RF").
+pub const NOOP_CONTROL_KEY: [u8; 4] = [0, 0, 0x52, 0x46];
+
+/// Fetched cold ranges kept for raft-rs to pick up (one per lagging peer, at most).
+const FETCHED_RANGES_MAX: usize = 8;
+
+/// Bytes read for one lagging peer at a time.
+const FETCH_BYTES_MAX: usize = 1 << 20;
+
+/// The Kafka offset held by Raft index `i` (`i >= 1`).
+pub fn offset_of(i: RaftIndex) -> Offset {
+    Offset(i.0 as i64 - 1)
+}
+
+/// The Raft index holding Kafka offset `o`.
+pub fn index_of(o: Offset) -> RaftIndex {
+    RaftIndex((o.0 + 1) as u64)
+}
+
+/// Errors of the store's worker; the group must stop (fail-stop) on any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum LogStoreError {
+    #[error("partition log: {0}")]
+    Log(#[from] StorageError),
+    #[error("group state: {0}")]
+    State(#[from] StateFileError),
+    #[error("raft log invariant: {0}")]
+    Invariant(String),
+}
+
+/// What the worker did in one round.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The highest Ready number now durable (with every earlier one).
+    pub persisted: Option<u64>,
+    /// Cold reads that completed: call `RawNode::on_entries_fetched` with each.
+    pub fetched: Vec<GetEntriesContext>,
+}
+
+#[derive(Clone)]
+enum RunKind {
+    /// A record batch, stamped.
+    Batch(Bytes),
+    /// A Raft no-op (stored as a control batch).
+    Noop,
+}
+
+#[derive(Clone)]
+struct Run {
+    first: u64,
+    last: u64,
+    term: u64,
+    kind: RunKind,
+}
+
+struct Write {
+    number: u64,
+    truncate_from: Option<u64>,
+    runs: Vec<Run>,
+    hs: Option<HardState>,
+}
+
+struct Fetch {
+    low: u64,
+    high: u64,
+    context: GetEntriesContext,
+}
+
+struct State {
+    hs: HardState,
+    conf: ConfState,
+    /// Term and vote in the state file.
+    saved_term_vote: (u64, u64),
+    view_from: u64,
+    view: VecDeque<Run>,
+    queue: VecDeque<Write>,
+    fetches: Vec<Fetch>,
+    /// Cold batches read for lagging peers, by the Raft index they were read from.
+    fetched: BTreeMap<u64, Vec<Bytes>>,
+    waker: Option<Waker>,
+    stats: StoreStats,
+}
+
+/// Counters of a store (metrics and tests).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreStats {
+    /// Ranges read from disk for lagging peers.
+    pub cold_reads: u64,
+    /// Suffix truncations of the log (a new leader overwrote an uncommitted tail).
+    pub truncations: u64,
+}
+
+struct Inner {
+    log: Rc<Log>,
+    state_path: PathBuf,
+    st: RefCell<State>,
+}
+
+/// A partition log seen as a Raft log. Cheap to clone (shared on the core).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Rc<Inner>,
+}
+
+impl LogStore {
+    /// Opens the group's state over `log`. A group that never saved state starts with
+    /// `voters` as its configuration (the placement's replicas) and term 0.
+    pub async fn open(
+        log: Rc<Log>,
+        state_path: PathBuf,
+        voters: &[NodeId],
+    ) -> Result<LogStore, LogStoreError> {
+        let (mut hs, conf) = match state_file::load(&state_path).await? {
+            Some(s) => s,
+            None => {
+                let conf = ConfState {
+                    voters: voters.iter().map(|v| v.0).collect(),
+                    ..ConfState::default()
+                };
+                let hs = HardState::default();
+                state_file::save(&state_path, &hs, &conf).await?;
+                (hs, conf)
+            }
+        };
+        let first = index_of(log.start_offset()).0;
+        let last = log.end_offset().0 as u64;
+        // The file's commit may be stale (it is saved with term changes only) or, after
+        // retention, below the log: either way raft-rs needs it inside the log.
+        hs.commit = hs.commit.clamp(first - 1, last);
+        let saved = (hs.term, hs.vote);
+        Ok(LogStore {
+            inner: Rc::new(Inner {
+                log,
+                state_path,
+                st: RefCell::new(State {
+                    hs,
+                    conf,
+                    saved_term_vote: saved,
+                    view_from: last + 1,
+                    view: VecDeque::new(),
+                    queue: VecDeque::new(),
+                    fetches: Vec::new(),
+                    fetched: BTreeMap::new(),
+                    waker: None,
+                    stats: StoreStats::default(),
+                }),
+            }),
+        })
+    }
+
+    /// The partition log.
+    pub fn log(&self) -> &Rc<Log> {
+        &self.inner.log
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> StoreStats {
+        self.inner.st.borrow().stats
+    }
+
+    /// The commit index the replica should start from (Raft's `applied`).
+    pub fn initial_commit(&self) -> RaftIndex {
+        RaftIndex(self.inner.st.borrow().hs.commit)
+    }
+
+    /// The last index (of the log and the queued runs).
+    pub fn last(&self) -> RaftIndex {
+        RaftIndex(self.inner.st.borrow().last_index())
+    }
+
+    /// The largest index at or below `i` that ends a run (a batch boundary), when known from
+    /// memory: a high watermark must not cut a batch in two.
+    pub fn run_end_at_or_below(&self, i: RaftIndex) -> Option<RaftIndex> {
+        let st = self.inner.st.borrow();
+        if i.0 >= st.view_from {
+            let run = st.view.iter().find(|r| r.first <= i.0 && i.0 <= r.last)?;
+            return Some(RaftIndex(if run.last == i.0 { i.0 } else { run.first - 1 }));
+        }
+        if i.0 == 0 {
+            return Some(i);
+        }
+        let o = offset_of(i);
+        let end = self.inner.log.end_offset();
+        let b = self.inner.log.read_in_memory(o, 1, end)?;
+        let h = BatchHeader::read(b.first()?);
+        Some(if h.last_offset() == o {
+            i
+        } else {
+            index_of(h.base_offset.plus(-1))
+        })
+    }
+
+    /// Does the next round of asynchronous work: applies every queued write to the log in
+    /// order, flushes once for all of them (group commit), saves the state file when term,
+    /// vote or configuration changed, and serves queued cold reads. Waits while there is
+    /// nothing to do.
+    pub async fn work(&self) -> Result<Progress, LogStoreError> {
+        WaitWork { store: self }.await;
+        let log = self.inner.log.clone();
+        let n = self.inner.st.borrow().queue.len();
+        let mut progress = Progress::default();
+        if n > 0 {
+            let mut hs_to_save = None;
+            for k in 0..n {
+                let (truncate_from, runs, hs, number) = {
+                    let st = self.inner.st.borrow();
+                    let w = &st.queue[k];
+                    (w.truncate_from, w.runs.clone(), w.hs.clone(), w.number)
+                };
+                if let Some(f) = truncate_from {
+                    if log.end_offset() > offset_of(RaftIndex(f)) {
+                        let end = log.truncate_suffix(offset_of(RaftIndex(f))).await?;
+                        self.inner.st.borrow_mut().stats.truncations += 1;
+                        if end != offset_of(RaftIndex(f)) {
+                            return Err(LogStoreError::Invariant(format!(
+                                "truncating at index {f} left the log ending at offset {end}"
+                            )));
+                        }
+                    }
+                }
+                for run in runs {
+                    let term = Term(i32::try_from(run.term).map_err(|_| {
+                        LogStoreError::Invariant(format!("term {} out of range", run.term))
+                    })?);
+                    let bytes = match &run.kind {
+                        RunKind::Batch(b) => BytesMut::from(&b[..]),
+                        RunKind::Noop => batch::build::encode_control_batch(&NOOP_CONTROL_KEY, 0),
+                    };
+                    let info = log.append(bytes, term).await?;
+                    if info.base_offset != offset_of(RaftIndex(run.first))
+                        || info.last_offset != offset_of(RaftIndex(run.last))
+                    {
+                        return Err(LogStoreError::Invariant(format!(
+                            "run {}..={} landed at offsets {}..={}",
+                            run.first, run.last, info.base_offset, info.last_offset
+                        )));
+                    }
+                }
+                if let Some(hs) = hs {
+                    hs_to_save = Some(hs);
+                }
+                progress.persisted = Some(number);
+            }
+            log.flush().await?;
+            if let Some(hs) = hs_to_save {
+                let (saved, conf) = {
+                    let st = self.inner.st.borrow();
+                    (st.saved_term_vote, st.conf.clone())
+                };
+                if (hs.term, hs.vote) != saved {
+                    state_file::save(&self.inner.state_path, &hs, &conf).await?;
+                    self.inner.st.borrow_mut().saved_term_vote = (hs.term, hs.vote);
+                }
+            }
+            let mut st = self.inner.st.borrow_mut();
+            st.queue.drain(..n);
+            // Entries the log now holds leave the view, up to the first queued truncation.
+            let mut cap = log.end_offset().0 as u64 + 1;
+            for w in &st.queue {
+                if let Some(f) = w.truncate_from {
+                    cap = cap.min(f);
+                }
+            }
+            if cap > st.view_from {
+                while st.view.front().is_some_and(|r| r.last < cap) {
+                    st.view.pop_front();
+                }
+                assert!(
+                    st.view.front().is_none_or(|r| r.first >= cap),
+                    "a run straddles the log end"
+                );
+                st.view_from = cap;
+            }
+        }
+        let fetches = std::mem::take(&mut self.inner.st.borrow_mut().fetches);
+        for f in fetches {
+            let end = offset_of(RaftIndex(f.high));
+            match log
+                .read(offset_of(RaftIndex(f.low)), FETCH_BYTES_MAX, end)
+                .await
+            {
+                Ok(batches) if !batches.is_empty() => {
+                    let mut st = self.inner.st.borrow_mut();
+                    while st.fetched.len() >= FETCHED_RANGES_MAX {
+                        st.fetched.pop_first();
+                    }
+                    st.fetched.insert(f.low, batches);
+                    st.stats.cold_reads += 1;
+                }
+                // Truncated or compacted meanwhile: raft-rs asks again and gets an answer.
+                Ok(_) | Err(StorageError::OffsetOutOfRange { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            progress.fetched.push(f.context);
+        }
+        Ok(progress)
+    }
+
+    fn entry(index: u64, term: u64, data: Option<&Bytes>) -> Entry {
+        let mut e = Entry {
+            index,
+            term,
+            ..Entry::default()
+        };
+        if let Some(d) = data {
+            e.data = d.to_vec().into();
+        }
+        e
+    }
+
+    /// Entries of the batches `batches` within `[low, high)`, whole runs, about `max` bytes.
+    fn push_batches(out: &mut Vec<Entry>, batches: &[Bytes], low: u64, high: u64, max: u64) {
+        let mut size = 0u64;
+        for b in batches {
+            if !out.is_empty() && size >= max {
+                return;
+            }
+            let h = BatchHeader::read(b);
+            let first = index_of(h.base_offset).0;
+            let last = index_of(h.last_offset()).0;
+            let term = h.term.0 as u64;
+            for i in first.max(low)..=last.min(high.saturating_sub(1)) {
+                let data = (i == first && !h.is_control()).then_some(b);
+                out.push(Self::entry(i, term, data));
+            }
+            size += b.len() as u64 + 16;
+            if last + 1 >= high {
+                return;
+            }
+        }
+    }
+}
+
+impl State {
+    fn last_index(&self) -> u64 {
+        self.view.back().map_or(self.view_from - 1, |r| r.last)
+    }
+
+    fn view_run(&self, i: u64) -> Option<&Run> {
+        if i < self.view_from {
+            return None;
+        }
+        let k = self.view.partition_point(|r| r.last < i);
+        self.view.get(k).filter(|r| r.first <= i)
+    }
+}
+
+impl LogStore {
+    fn term_of(&self, st: &State, i: u64) -> raft::Result<u64> {
+        if i == 0 {
+            return Ok(0);
+        }
+        if i >= st.view_from {
+            return st
+                .view_run(i)
+                .map(|r| r.term)
+                .ok_or(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let log = &self.inner.log;
+        let first = index_of(log.start_offset()).0;
+        if i < first {
+            // The entry before the first is a snapshot's; snapshots are not built yet.
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        log.term_at(offset_of(RaftIndex(i)))
+            .map(|t| t.0 as u64)
+            .ok_or(raft::Error::Store(RaftStorageError::Unavailable))
+    }
+
+    fn truncate_view(st: &mut State, from: u64) {
+        if from < st.view_from {
+            st.view.clear();
+            st.view_from = from;
+        } else {
+            while st.view.back().is_some_and(|r| r.first >= from) {
+                st.view.pop_back();
+            }
+            assert!(
+                st.view.back().is_none_or(|r| r.last < from),
+                "raft truncation at {from} inside a run"
+            );
+        }
+    }
+}
+
+impl Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let st = self.inner.st.borrow();
+        Ok(RaftState::new(st.hs.clone(), st.conf.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max = max_size.into().unwrap_or(u64::MAX);
+        let mut st = self.inner.st.borrow_mut();
+        let first = self.first_index()?;
+        if low < first {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if high > st.last_index() + 1 || low >= high {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let mut out = Vec::new();
+        let log_high = high.min(st.view_from);
+        if low < log_high {
+            if context.can_async() {
+                let from = offset_of(RaftIndex(low));
+                let end = offset_of(RaftIndex(log_high));
+                let memory = self.inner.log.read_in_memory(from, max as usize, end);
+                let batches = match memory {
+                    Some(b) if !b.is_empty() => b,
+                    _ => match st.fetched.remove(&low) {
+                        Some(b) => b,
+                        None => {
+                            if !st.fetches.iter().any(|f| f.low == low) {
+                                st.fetches.push(Fetch {
+                                    low,
+                                    high: log_high,
+                                    context,
+                                });
+                                if let Some(w) = st.waker.take() {
+                                    w.wake();
+                                }
+                            }
+                            return Err(raft::Error::Store(
+                                RaftStorageError::LogTemporarilyUnavailable,
+                            ));
+                        }
+                    },
+                };
+                Self::push_batches(&mut out, &batches, low, log_high, max);
+                if out.is_empty() {
+                    return Err(raft::Error::Store(RaftStorageError::Unavailable));
+                }
+                if out.last().map(|e| e.index + 1) != Some(log_high) {
+                    return Ok(out);
+                }
+            } else {
+                // Raft needs only indexes and terms here (committed entries, pending
+                // configuration checks); partitions apply nothing from entry data.
+                for i in low..log_high {
+                    let t = self.term_of(&st, i)?;
+                    out.push(Self::entry(i, t, None));
+                }
+            }
+        }
+        let mut size = out.iter().map(|e| e.data.len() as u64 + 16).sum::<u64>();
+        let mut i = low.max(st.view_from);
+        while i < high {
+            let Some(run) = st.view_run(i).cloned() else {
+                return Err(raft::Error::Store(RaftStorageError::Unavailable));
+            };
+            if !out.is_empty() && size >= max && i == run.first {
+                break;
+            }
+            for j in i..=run.last.min(high - 1) {
+                let data = match (&run.kind, j == run.first) {
+                    (RunKind::Batch(b), true) => Some(b),
+                    _ => None,
+                };
+                size += data.map_or(0, |d| d.len() as u64) + 16;
+                out.push(Self::entry(j, run.term, data));
+            }
+            i = run.last + 1;
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let st = self.inner.st.borrow();
+        self.term_of(&st, idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(index_of(self.inner.log.start_offset()).0)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.inner.st.borrow().last_index())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Segment transfer for followers behind the leader's retention is not built yet.
+        Err(raft::Error::Store(
+            RaftStorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+impl Durable for LogStore {
+    fn write(
+        &mut self,
+        number: u64,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> Result<(), ReplicaError> {
+        if snapshot.is_some() {
+            return Err(ReplicaError::Persist(
+                "snapshots are not supported by the partition log yet".into(),
+            ));
+        }
+        let mut w = Write {
+            number,
+            truncate_from: None,
+            runs: Vec::new(),
+            hs: hs.cloned(),
+        };
+        let mut st = self.inner.st.borrow_mut();
+        for e in entries {
+            let last = st.last_index();
+            if e.index <= last {
+                if self.term_of(&st, e.index).ok() == Some(e.term) {
+                    // Already here: a placeholder of a stored batch, or a resent entry.
+                    continue;
+                }
+                Self::truncate_view(&mut st, e.index);
+                w.truncate_from = Some(w.truncate_from.map_or(e.index, |t| t.min(e.index)));
+            } else if e.index != last + 1 {
+                return Err(ReplicaError::Persist(format!(
+                    "entry {} after last index {last}",
+                    e.index
+                )));
+            }
+            let run = if e.data.is_empty() {
+                Run {
+                    first: e.index,
+                    last: e.index,
+                    term: e.term,
+                    kind: RunKind::Noop,
+                }
+            } else {
+                let b = Bytes::from(e.data.to_vec());
+                let header_ok = b.len() >= batch::HEADER_SIZE_BYTES
+                    && batch::declared_size(&b).ok() == Some(b.len() as i64);
+                if !header_ok {
+                    return Err(ReplicaError::Persist(format!(
+                        "entry {} is not a record batch",
+                        e.index
+                    )));
+                }
+                let h = BatchHeader::read(&b);
+                if h.base_offset != offset_of(RaftIndex(e.index))
+                    || h.last_offset_delta < 0
+                    || h.term.0 as u64 != e.term
+                {
+                    return Err(ReplicaError::Persist(format!(
+                        "entry {} (term {}) holds a batch stamped at offset {} epoch {}",
+                        e.index, e.term, h.base_offset, h.term.0
+                    )));
+                }
+                Run {
+                    first: e.index,
+                    last: index_of(h.last_offset()).0,
+                    term: e.term,
+                    kind: RunKind::Batch(b),
+                }
+            };
+            st.view.push_back(run.clone());
+            w.runs.push(run);
+        }
+        if let Some(hs) = hs {
+            st.hs = hs.clone();
+        }
+        st.queue.push_back(w);
+        if let Some(waker) = st.waker.take() {
+            waker.wake();
+        }
+        Ok(())
+    }
+}
+
+/// Resolves when the store has queued writes or cold reads.
+struct WaitWork<'a> {
+    store: &'a LogStore,
+}
+
+impl Future for WaitWork<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.store.inner.st.borrow_mut();
+        if !st.queue.is_empty() || !st.fetches.is_empty() {
+            return Poll::Ready(());
+        }
+        st.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Stamps a producer's batch for proposal at Raft index `at` in `term`: its base offset is the
+/// index's offset and its leader epoch the term (neither is covered by the batch CRC).
+pub fn stamp_for_proposal(batch: &mut [u8], at: RaftIndex, term: RaftTerm) -> Result<(), String> {
+    let t = i32::try_from(term.0).map_err(|_| format!("term {} out of range", term.0))?;
+    batch::stamp(batch, offset_of(at), Term(t));
+    Ok(())
+}
