@@ -136,6 +136,8 @@ struct State {
     fetched: BTreeMap<u64, Vec<Bytes>>,
     waker: Option<Waker>,
     stats: StoreStats,
+    /// The worker is between taking work and reporting it (I/O may be in flight).
+    busy: bool,
 }
 
 /// Counters of a store (metrics and tests).
@@ -161,17 +163,19 @@ pub struct LogStore {
 
 impl LogStore {
     /// Opens the group's state over `log`. A group that never saved state starts with
-    /// `voters` as its configuration (the placement's replicas) and term 0.
+    /// `voters` (the placement's replicas) and `learners` as its configuration, at term 0.
     pub async fn open(
         log: Rc<Log>,
         state_path: PathBuf,
         voters: &[NodeId],
+        learners: &[NodeId],
     ) -> Result<LogStore, LogStoreError> {
         let (mut hs, conf) = match state_file::load(&state_path).await? {
             Some(s) => s,
             None => {
                 let conf = ConfState {
                     voters: voters.iter().map(|v| v.0).collect(),
+                    learners: learners.iter().map(|v| v.0).collect(),
                     ..ConfState::default()
                 };
                 let hs = HardState::default();
@@ -200,6 +204,7 @@ impl LogStore {
                     fetched: BTreeMap::new(),
                     waker: None,
                     stats: StoreStats::default(),
+                    busy: false,
                 }),
             }),
         })
@@ -253,6 +258,19 @@ impl LogStore {
     /// nothing to do.
     pub async fn work(&self) -> Result<Progress, LogStoreError> {
         WaitWork { store: self }.await;
+        self.inner.st.borrow_mut().busy = true;
+        let r = self.work_now().await;
+        self.inner.st.borrow_mut().busy = false;
+        r
+    }
+
+    /// True while [`LogStore::work`] has I/O in flight (shutdown waits for it to end before
+    /// it stops the worker, so no write is cut off halfway).
+    pub fn is_busy(&self) -> bool {
+        self.inner.st.borrow().busy
+    }
+
+    async fn work_now(&self) -> Result<Progress, LogStoreError> {
         let log = self.inner.log.clone();
         let n = self.inner.st.borrow().queue.len();
         let mut progress = Progress::default();

@@ -63,7 +63,7 @@ async fn open_node(dir: &Path, id: u64) -> Node {
         .expect("open log"),
     );
     let voters = [NodeId(1), NodeId(2), NodeId(3)];
-    let store = LogStore::open(log, dir.join(format!("n{id}.state")), &voters)
+    let store = LogStore::open(log, dir.join(format!("n{id}.state")), &voters, &[])
         .await
         .expect("open store");
     let replica =

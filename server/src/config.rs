@@ -75,6 +75,22 @@ pub struct Flags {
     /// Committed offsets of a group that stayed empty this long are deleted.
     #[arg(long)]
     pub offsets_retention_minutes: Option<i64>,
+    /// Address of the broker-to-broker (Raft) listener. Cluster mode only; defaults to this
+    /// node's entry in `--peers`.
+    #[arg(long)]
+    pub rpc_addr: Option<SocketAddr>,
+    /// Every broker of the cluster, `ID@HOST:PORT` (RPC addresses), comma-separated, this one
+    /// included. Without it the broker runs alone, unreplicated, as a single node.
+    #[arg(long)]
+    pub peers: Option<String>,
+    /// How many brokers (the lowest ids) vote in the controller's metadata group; the others
+    /// follow it as learners.
+    #[arg(long)]
+    pub controller_voters: Option<usize>,
+    /// Length of one Raft tick in milliseconds (elections take 10 to 20 ticks, heartbeats go
+    /// every 2).
+    #[arg(long)]
+    pub raft_tick_ms: Option<u64>,
 }
 
 /// The same settings as read from the TOML file.
@@ -97,6 +113,10 @@ struct FileConfig {
     group_min_session_timeout_ms: Option<i32>,
     group_max_session_timeout_ms: Option<i32>,
     offsets_retention_minutes: Option<i64>,
+    rpc_addr: Option<SocketAddr>,
+    peers: Option<String>,
+    controller_voters: Option<usize>,
+    raft_tick_ms: Option<u64>,
 }
 
 /// Which cores to run on.
@@ -175,6 +195,8 @@ pub struct Config {
     pub groups: GroupConfig,
     /// Broker limits.
     pub limits: Limits,
+    /// The cluster, when this broker is one of several (`--peers`).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -251,6 +273,20 @@ impl Config {
         };
         groups.validate()?;
         let limits = Limits::default();
+        let node_id = flags.node_id.or(file.node_id).unwrap_or(1);
+        let cluster = match flags.peers.or(file.peers) {
+            Some(peers) => Some(crate::cluster::ClusterConfig::resolve(
+                node_id,
+                &peers,
+                flags.rpc_addr.or(file.rpc_addr),
+                flags
+                    .controller_voters
+                    .or(file.controller_voters)
+                    .unwrap_or(3),
+                flags.raft_tick_ms.or(file.raft_tick_ms).unwrap_or(100),
+            )?),
+            None => None,
+        };
         Ok(Config {
             data_dir: flags
                 .data_dir
@@ -262,7 +298,7 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092))),
             advertised_kafka_addr: advertised,
             cores,
-            node_id: flags.node_id.or(file.node_id).unwrap_or(1),
+            node_id,
             io_memory_bytes: io_memory_mib << 20,
             auto_create_topics: flags
                 .auto_create_topics
@@ -277,6 +313,7 @@ impl Config {
             },
             groups,
             limits,
+            cluster,
         })
     }
 }

@@ -45,6 +45,23 @@ pub struct Limits {
     pub partitions_per_topic_max: i32,
     /// Topics in the cluster. CreateTopics past it fails with a clear error.
     pub topics_max: usize,
+    /// Raft messages queued on one core for one peer broker. Past it new messages are dropped
+    /// (and counted): Raft retransmits, and a peer that slow is behind anyway.
+    pub raft_messages_queued_per_peer_max: usize,
+    /// Controller requests queued on one core for one peer (forwarded admin requests), and
+    /// responses queued on one inbound connection. Past it a new request fails at once with
+    /// a retriable error.
+    pub rpc_requests_queued_per_peer_max: usize,
+    /// Largest broker-to-broker frame. A peer sending a larger one is disconnected (with a
+    /// log line); senders split envelopes well below it.
+    pub rpc_frame_bytes_max: usize,
+    /// How long a forwarded controller request may take before the client gets a retriable
+    /// error (REQUEST_TIMED_OUT).
+    pub controller_request_timeout_ms: u64,
+    /// How long a replicated produce or internal append waits for its commit before the
+    /// client gets REQUEST_TIMED_OUT (the write may still commit: idempotent producers'
+    /// retries are recognised).
+    pub replication_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -63,6 +80,11 @@ impl Default for Limits {
             housekeeping_interval_ms: 30_000,
             partitions_per_topic_max: 10_000,
             topics_max: 100_000,
+            raft_messages_queued_per_peer_max: 8192,
+            rpc_requests_queued_per_peer_max: 256,
+            rpc_frame_bytes_max: 64 << 20,
+            controller_request_timeout_ms: 10_000,
+            replication_timeout_ms: 30_000,
         }
     }
 }

@@ -7,15 +7,14 @@
 //! - a produce is acknowledged (acks=1/all) only once the high watermark passes its batches;
 //! - every fetch waiter is woken when the high watermark moves.
 //!
-//! The leader epoch is 0 on a single node; the Raft driver (issue #6) will own it and the
-//! high watermark will become Raft's commit index.
+//! On a single node the leader epoch is 0 and the high watermark is the durable end. In a
+//! cluster the partition is a Raft group (`cluster::group`): the leader proposes each batch,
+//! the high watermark is the commit point, the epoch is the Raft term, and a follower refuses
+//! produce and fetch with NOT_LEADER_OR_FOLLOWER.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -25,6 +24,7 @@ use ringlog_storage::sync::LocalSemaphore;
 use ringlog_storage::{batch, Log, LogConfig, Offset, Term, TimestampMs};
 
 use crate::kafka::errors::KafkaError;
+use crate::notify::Notify;
 use crate::producer_state::{ProducerStates, Verdict};
 use crate::shard::{Shard, TopicPartition};
 
@@ -33,11 +33,19 @@ pub struct Partition {
     /// Topic and index.
     pub tp: TopicPartition,
     /// The log.
-    pub log: Log,
+    pub log: Rc<Log>,
+    /// The Raft group, when the partition is replicated (cluster mode).
+    pub raft: Option<Rc<crate::cluster::group::RaftGroup>>,
+    /// The Raft term in which `producers` was last rebuilt from the log: a replica that
+    /// becomes leader rebuilds it before its first idempotent check (what it received as a
+    /// follower is in the log, not in `producers`).
+    producers_term: Cell<u64>,
+    /// How long a replicated write waits for its commit.
+    replication_timeout: Duration,
     /// Leader epoch stamped into appended batches.
     pub leader_epoch: Cell<i32>,
     fsync: bool,
-    changed: HighWatermarkChanged,
+    changed: Rc<Notify>,
     /// A background flush (acks=0, or fsync off) is running for this partition.
     background_flush: Cell<bool>,
     /// Idempotent producers' sequences (see `producer_state`).
@@ -53,6 +61,9 @@ pub struct Partition {
 
 /// Name of the idempotent producers' snapshot in a partition directory.
 const PRODUCER_SNAPSHOT: &str = "producer_state";
+
+/// Name of the Raft group's state file (hard state, configuration) in a partition directory.
+const RAFT_STATE: &str = "raft_state";
 
 /// Data read for a fetch.
 pub struct FetchedData {
@@ -78,8 +89,9 @@ impl Partition {
         shard: &Shard,
         tp: TopicPartition,
         config: LogConfig,
-        leader_epoch: i32,
+        meta: &crate::metadata::PartitionMeta,
     ) -> Result<Rc<Partition>, KafkaError> {
+        let leader_epoch = meta.leader_epoch;
         let dir = partition_dir(shard, &tp);
         let log = Log::open(
             &dir,
@@ -90,14 +102,43 @@ impl Partition {
         )
         .await?;
         log.share_sync_slots(shard.sync_slots.clone());
+        let log = Rc::new(log);
         let producers = rebuild_producer_states(&log, &dir).await?;
+        let changed = Rc::new(Notify::default());
+        let raft = match (&shard.transport, meta.is_replicated()) {
+            (Some(transport), true) => {
+                let voters: Vec<ringlog_raft::types::NodeId> = meta
+                    .replicas
+                    .iter()
+                    .map(|n| ringlog_raft::types::NodeId(*n))
+                    .collect();
+                let g = crate::cluster::group::RaftGroup::open(
+                    ringlog_raft::types::GroupId(meta.group),
+                    format!("{}-{}", tp.topic, tp.partition),
+                    log.clone(),
+                    dir.join(RAFT_STATE),
+                    &voters,
+                    &[],
+                    transport.clone(),
+                    changed.clone(),
+                )
+                .await
+                .map_err(|e| KafkaError::new(ResponseError::KafkaStorageError, e))?;
+                shard.raft_groups.borrow_mut().insert(g.id, g.clone());
+                Some(g)
+            }
+            _ => None,
+        };
         tracing::info!(partition = %format!("{}-{}", tp.topic, tp.partition), shard = shard.id.0, start = %log.start_offset(), end = %log.end_offset(), "opened partition");
         Ok(Rc::new(Partition {
             tp,
             log,
             leader_epoch: Cell::new(leader_epoch),
             fsync: shard.config.fsync,
-            changed: HighWatermarkChanged::default(),
+            changed,
+            raft,
+            producers_term: Cell::new(0),
+            replication_timeout: Duration::from_millis(shard.config.limits.replication_timeout_ms),
             background_flush: Cell::new(false),
             producers: RefCell::new(producers),
             idempotent_append: LocalSemaphore::new(1),
@@ -108,6 +149,9 @@ impl Partition {
 
     /// The offset below which consumers may read.
     pub fn high_watermark(&self) -> Offset {
+        if let Some(g) = &self.raft {
+            return g.high_watermark();
+        }
         if self.fsync {
             self.log.flushed_end_offset()
         } else {
@@ -127,6 +171,9 @@ impl Partition {
         acks: i16,
         appended: futures::channel::oneshot::Sender<()>,
     ) -> Result<Offset, KafkaError> {
+        if let Some(g) = &self.raft {
+            return self.produce_replicated(g, records, acks, appended).await;
+        }
         let batches = split_batches(&records)?;
         let term = Term(self.leader_epoch.get());
         let mut base = None;
@@ -196,8 +243,119 @@ impl Partition {
         Ok(base)
     }
 
+    /// The replicated produce path: the leader checks, proposes each batch, and waits for
+    /// the commit (acks=all) or its own flush (acks=1).
+    async fn produce_replicated(
+        self: &Rc<Self>,
+        g: &Rc<crate::cluster::group::RaftGroup>,
+        records: Bytes,
+        acks: i16,
+        appended: futures::channel::oneshot::Sender<()>,
+    ) -> Result<Offset, KafkaError> {
+        let batches = split_batches(&records)?;
+        let size_max = self.log.config().max_message_bytes;
+        if let Some(b) = batches.iter().find(|b| b.len() > size_max) {
+            return Err(KafkaError::new(
+                ResponseError::MessageTooLarge,
+                format!(
+                    "record batch of {} bytes is over max.message.bytes {size_max}",
+                    b.len()
+                ),
+            ));
+        }
+        if !g.is_leader() {
+            return Err(g.not_leader());
+        }
+        let headers: Vec<BatchHeader> = batches.iter().map(|b| BatchHeader::read(b)).collect();
+        let idempotent = headers.iter().any(|h| h.producer_id >= 0);
+        let _guard = match idempotent {
+            true => Some(self.idempotent_append.acquire(1).await),
+            false => None,
+        };
+        let deadline = Instant::now() + self.replication_timeout;
+        if idempotent {
+            self.refresh_producers_for_leader(g, deadline).await?;
+        }
+        let term = g.term();
+        let verdicts = self.producers.borrow().check_all(&headers);
+        for v in &verdicts {
+            if let Verdict::Reject(code, msg) = v {
+                return Err(KafkaError::new(*code, msg.clone()));
+            }
+        }
+        let (mut base, mut first, mut last) = (None, None, Offset(-1));
+        for ((b, h), v) in batches.iter().zip(&headers).zip(verdicts) {
+            match v {
+                Verdict::Duplicate(orig) => {
+                    base.get_or_insert(orig.base_offset);
+                    last = last.max(orig.last_offset);
+                }
+                _ => {
+                    let (b0, l0) = g.propose_batch(b)?;
+                    if h.producer_id >= 0 {
+                        self.producers.borrow_mut().record(h, b0);
+                        self.producers_dirty.set(true);
+                    }
+                    base.get_or_insert(b0);
+                    first.get_or_insert(b0);
+                    last = l0;
+                }
+            }
+        }
+        drop(_guard);
+        let _ = appended.send(());
+        let base =
+            base.ok_or_else(|| KafkaError::new(ResponseError::InvalidRecord, "no record batch"))?;
+        match acks {
+            0 => Ok(base),
+            1 => {
+                let log = self.log.clone();
+                let ok = g
+                    .changed
+                    .wait_until(deadline, || log.flushed_end_offset() > last)
+                    .await;
+                if ok {
+                    Ok(base)
+                } else {
+                    Err(KafkaError::new(
+                        ResponseError::RequestTimedOut,
+                        "not flushed in time",
+                    ))
+                }
+            }
+            _ => {
+                g.wait_committed(term, first.unwrap_or(base), last, deadline)
+                    .await?;
+                Ok(base)
+            }
+        }
+    }
+
+    /// A new leader rebuilds the idempotent producers' state from its log once per term,
+    /// after its log holds everything it received as a follower.
+    async fn refresh_producers_for_leader(
+        &self,
+        g: &crate::cluster::group::RaftGroup,
+        deadline: Instant,
+    ) -> Result<(), KafkaError> {
+        let term = g.term().0;
+        if self.producers_term.get() == term {
+            return Ok(());
+        }
+        if !g.wait_log_caught_up(deadline).await {
+            return Err(KafkaError::new(
+                ResponseError::NotEnoughReplicas,
+                "the new leader's log is still being written",
+            ));
+        }
+        let states = rebuild_producer_states(&self.log, &self.dir).await?;
+        *self.producers.borrow_mut() = states;
+        self.producers_term.set(term);
+        Ok(())
+    }
+
     /// Appends one batch of broker-written records (internal topics: group state, offsets)
-    /// and waits until it is durable. Returns the batch's base offset.
+    /// and waits until it is durable (committed, when replicated).
     pub async fn append_internal(
         &self,
         records: &[batch::build::NewRecord],
@@ -207,14 +365,38 @@ impl Partition {
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
         let b = batch::build::encode_batch(records, now_ms);
+        if let Some(g) = &self.raft {
+            let term = g.term();
+            let (first, last) = g.propose_batch(&b.freeze())?;
+            let deadline = Instant::now() + self.replication_timeout;
+            return g.wait_committed(term, first, last, deadline).await;
+        }
         self.log.append(b, Term(self.leader_epoch.get())).await?;
         self.log.flush().await?;
         self.changed.notify();
         Ok(())
     }
 
+    /// NOT_LEADER_OR_FOLLOWER unless this replica may serve reads (it leads, or the
+    /// partition is not replicated).
+    pub fn check_leader(&self) -> Result<(), KafkaError> {
+        match &self.raft {
+            Some(g) if !g.is_leader() => Err(g.not_leader()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The leader epoch clients see: the Raft term when replicated.
+    pub fn epoch(&self) -> i32 {
+        match &self.raft {
+            Some(g) => g.leader_epoch(),
+            None => self.leader_epoch.get(),
+        }
+    }
+
     /// Reads whole batches from `offset`, up to the high watermark.
     pub async fn read(&self, offset: Offset, max_bytes: usize) -> Result<FetchedData, KafkaError> {
+        self.check_leader()?;
         let hw = self.high_watermark();
         let batches = if offset >= hw && offset <= self.log.end_offset() {
             Vec::new()
@@ -249,6 +431,7 @@ impl Partition {
 
     /// The offset for a ListOffsets timestamp (-2 earliest, -1 latest, else by time).
     pub async fn offset_for(&self, timestamp: i64) -> Result<(Offset, i64), KafkaError> {
+        self.check_leader()?;
         match timestamp {
             -2 => Ok((self.log.start_offset(), -1)),
             -1 => Ok((self.high_watermark(), -1)),
@@ -284,17 +467,25 @@ impl Partition {
 
     /// Closes the log (flushing it) for shutdown or deletion.
     pub async fn close(self: Rc<Self>) {
+        if let Some(g) = &self.raft {
+            g.close_gracefully().await;
+        }
         self.snapshot_producers().await;
         let name = format!("{}-{}", self.tp.topic, self.tp.partition);
-        match Rc::try_unwrap(self) {
-            Ok(p) => {
-                if let Err(e) = p.log.close().await {
+        let log = match Rc::try_unwrap(self) {
+            Ok(p) => Rc::try_unwrap(p.log).map_err(|log| log.clone()),
+            Err(p) => Err(p.log.clone()),
+        };
+        match log {
+            Ok(log) => {
+                if let Err(e) = log.close().await {
                     tracing::error!(partition = %name, error = %e, "closing partition");
                 }
             }
-            Err(p) => {
-                // Still referenced by an in-flight request: flush; the log closes when dropped.
-                let _ = p.log.flush().await;
+            Err(log) => {
+                // Still referenced (an in-flight request, the Raft store): flush; the log
+                // closes when dropped.
+                let _ = log.flush().await;
             }
         }
     }
@@ -370,50 +561,6 @@ pub fn split_batches(records: &Bytes) -> Result<Vec<Bytes>, KafkaError> {
         ));
     }
     Ok(out)
-}
-
-/// A counter of high-watermark changes that tasks can wait on.
-#[derive(Default)]
-struct HighWatermarkChanged {
-    generation: Cell<u64>,
-    wakers: RefCell<Vec<Waker>>,
-}
-
-impl HighWatermarkChanged {
-    fn generation(&self) -> u64 {
-        self.generation.get()
-    }
-
-    fn notify(&self) {
-        self.generation.set(self.generation.get() + 1);
-        for w in self.wakers.borrow_mut().drain(..) {
-            w.wake();
-        }
-    }
-
-    fn wait(&self, seen: u64) -> WaitChange<'_> {
-        WaitChange { notify: self, seen }
-    }
-}
-
-struct WaitChange<'a> {
-    notify: &'a HighWatermarkChanged,
-    seen: u64,
-}
-
-impl Future for WaitChange<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.notify.generation.get() != self.seen {
-            return Poll::Ready(());
-        }
-        let mut w = self.notify.wakers.borrow_mut();
-        if !w.iter().any(|x| x.will_wake(cx.waker())) {
-            w.push(cx.waker().clone());
-        }
-        Poll::Pending
-    }
 }
 
 /// Caps a client's wait.

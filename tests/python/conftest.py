@@ -267,6 +267,8 @@ class Broker:
         self.stderr_paths: list[Path] = []
         self._expected = [re.compile(p) for p in expect_errors]
         self.problems: list[str] = []
+        # Extra environment for this broker's process (e.g. fault injection).
+        self.extra_env: dict[str, str] = {}
 
     def __repr__(self):
         return f"<Broker {self.name} {self.bootstrap} data={self.data_dir}>"
@@ -319,6 +321,18 @@ class Broker:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = START_TIMEOUT_S) -> "Broker":
+        self.launch()
+        self._wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> "Broker":
+        """Waits until a launched broker answers Metadata listing itself."""
+        self._wait_ready(timeout)
+        return self
+
+    def launch(self) -> "Broker":
+        """Starts the process without waiting for it to serve (cluster members wait for each
+        other: start them all, then `wait_ready` each)."""
         if self.running():
             raise RuntimeError(f"{self} is already running")
         self.starts += 1
@@ -328,6 +342,7 @@ class Broker:
         env = dict(os.environ)
         env.setdefault("NO_COLOR", "1")  # plain ` ERROR ` in tracing's output
         env.setdefault("RUST_BACKTRACE", "1")
+        env.update(self.extra_env)
         with open(path, "wb") as err:
             err.write(f"# {shlex.join(self.command())}\n".encode())
             err.flush()
@@ -340,7 +355,6 @@ class Broker:
                 env=env,
                 start_new_session=True,  # a Ctrl-C to pytest does not reach the broker
             )
-        self._wait_ready(timeout)
         return self
 
     def _wait_ready(self, timeout: float):

@@ -22,7 +22,7 @@
 pub mod state;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -80,7 +80,9 @@ impl Key {
 pub struct Coordinator {
     /// Groups by id (only groups whose partition this core owns).
     pub groups: RefCell<HashMap<String, Group>>,
-    loaded: RefCell<HashSet<i32>>,
+    /// Partitions replayed, with the Raft term they were replayed in (0 on a single node): a
+    /// replica that leads again in a later term replays again (it was a follower between).
+    loaded: RefCell<HashMap<i32, u64>>,
     loading: RefCell<Option<Rc<LocalSemaphore>>>,
     ticking: Cell<bool>,
 }
@@ -175,19 +177,6 @@ where
 
 /// Replays partition `p` of `__consumer_offsets` into this core's groups, once.
 pub async fn ensure_loaded(shard: &Rc<Shard>, p: i32) -> Result<(), KafkaError> {
-    if shard.groups.loaded.borrow().contains(&p) {
-        return Ok(());
-    }
-    let lock = shard
-        .groups
-        .loading
-        .borrow_mut()
-        .get_or_insert_with(|| LocalSemaphore::new(1))
-        .clone();
-    let _one = lock.acquire(1).await;
-    if shard.groups.loaded.borrow().contains(&p) {
-        return Ok(());
-    }
     // Just after the topic is created, the image may name this core before it finished
     // opening the partition: wait for it (bounded), then let the client retry.
     let mut waited = 0;
@@ -204,6 +193,56 @@ pub async fn ensure_loaded(shard: &Rc<Shard>, p: i32) -> Result<(), KafkaError> 
         waited += 1;
         glommio::timer::sleep(Duration::from_millis(100)).await;
     };
+    // In a cluster only the leader of the group's partition coordinates.
+    let term = match &part.raft {
+        Some(g) if !g.is_leader() => {
+            return Err(KafkaError::new(
+                ResponseError::NotCoordinator,
+                format!("{OFFSETS_TOPIC}-{p} is led by broker {}", g.leader()),
+            ))
+        }
+        Some(g) => g.term().0,
+        None => 0,
+    };
+    if shard.groups.loaded.borrow().get(&p) == Some(&term) {
+        return Ok(());
+    }
+    let lock = shard
+        .groups
+        .loading
+        .borrow_mut()
+        .get_or_insert_with(|| LocalSemaphore::new(1))
+        .clone();
+    let _one = lock.acquire(1).await;
+    if shard.groups.loaded.borrow().get(&p) == Some(&term) {
+        return Ok(());
+    }
+    if let Some(g) = &part.raft {
+        // A new leader: its log must hold everything it received, and its first entry of the
+        // term must be committed (which commits every earlier one) before the replay.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let caught_up = g.wait_log_caught_up(deadline).await
+            && g.changed
+                .wait_until(deadline, || g.high_watermark() >= part.log.end_offset())
+                .await;
+        if !caught_up {
+            return Err(KafkaError::new(
+                ResponseError::CoordinatorLoadInProgress,
+                format!("{OFFSETS_TOPIC}-{p}: the new leader is catching up"),
+            ));
+        }
+        // What this core knew of the partition's groups is stale (it was a follower).
+        let n = shard
+            .image()
+            .topics
+            .get(OFFSETS_TOPIC)
+            .map_or(1, |t| t.partitions.len() as i32);
+        shard
+            .groups
+            .groups
+            .borrow_mut()
+            .retain(|name, _| partition_for(name, n) != p);
+    }
     let now = Instant::now();
     let end = part.log.end_offset();
     let mut at = part.log.start_offset();
@@ -235,7 +274,7 @@ pub async fn ensure_loaded(shard: &Rc<Shard>, p: i32) -> Result<(), KafkaError> 
             }
         }
     }
-    shard.groups.loaded.borrow_mut().insert(p);
+    shard.groups.loaded.borrow_mut().insert(p, term);
     tracing::info!(
         partition = p,
         records = groups_seen,

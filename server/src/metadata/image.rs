@@ -15,12 +15,35 @@ use super::records::MetadataRecord;
 use crate::shard::ShardId;
 
 /// One partition's placement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionMeta {
-    /// The core that owns the partition.
+    /// The core that owns the partition (on a broker with fewer cores: this modulo its count).
     pub shard: ShardId,
-    /// Leader epoch (the Raft term once replicated; 0 on a single node).
+    /// Leader epoch on a single node (0). In a cluster the Raft group's term is the epoch.
     pub leader_epoch: i32,
+    /// Brokers holding a replica (cluster mode); empty on a single node, where the partition
+    /// is not replicated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<u64>,
+    /// The partition's Raft group (cluster mode; 0 on a single node).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub group: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl PartitionMeta {
+    /// The core of a broker with `shard_count` cores that owns this partition.
+    pub fn owner(&self, shard_count: usize) -> ShardId {
+        ShardId((self.shard.0 as usize % shard_count.max(1)) as u16)
+    }
+
+    /// True when the partition is replicated by Raft (cluster mode).
+    pub fn is_replicated(&self) -> bool {
+        !self.replicas.is_empty()
+    }
 }
 
 /// A topic.
@@ -66,6 +89,10 @@ pub struct MetadataImage {
     pub ids: HashMap<Uuid, String>,
     /// First producer id not yet handed out.
     pub next_producer_id: i64,
+    /// Raft group of each replicated partition: topic and partition index.
+    pub groups: HashMap<u64, (String, i32)>,
+    /// First Raft group id not yet used (partition groups start at 1; 0 is the metadata log's).
+    pub next_group: u64,
 }
 
 impl MetadataImage {
@@ -74,7 +101,12 @@ impl MetadataImage {
         let mut next = self.clone();
         next.version += 1;
         match record {
-            MetadataRecord::ClusterIdSet { cluster_id } => next.cluster_id = cluster_id.clone(),
+            MetadataRecord::ClusterIdSet { cluster_id } => {
+                // The first one wins: two controllers of successive terms may both propose one.
+                if next.cluster_id.is_empty() {
+                    next.cluster_id = cluster_id.clone();
+                }
+            }
             MetadataRecord::TopicCreated {
                 name,
                 id,
@@ -95,12 +127,15 @@ impl MetadataImage {
             MetadataRecord::TopicDeleted { name } => {
                 if let Some(t) = next.topics.remove(name) {
                     next.ids.remove(&t.id);
+                    for p in &t.partitions {
+                        next.groups.remove(&p.group);
+                    }
                 }
             }
             MetadataRecord::PartitionsAdded { name, partitions } => {
                 if let Some(t) = next.topics.get(name) {
                     let mut t = (**t).clone();
-                    t.partitions.extend(partitions.iter().copied());
+                    t.partitions.extend(partitions.iter().cloned());
                     next.topics.insert(name.clone(), Arc::new(t));
                 }
             }
@@ -113,6 +148,18 @@ impl MetadataImage {
             }
             MetadataRecord::ProducerIdsAllocated { end } => {
                 next.next_producer_id = next.next_producer_id.max(*end);
+            }
+        }
+        if let MetadataRecord::TopicCreated { name, .. }
+        | MetadataRecord::PartitionsAdded { name, .. } = record
+        {
+            if let Some(t) = next.topics.get(name).cloned() {
+                for (i, p) in t.partitions.iter().enumerate() {
+                    if p.group != 0 {
+                        next.groups.insert(p.group, (name.clone(), i as i32));
+                        next.next_group = next.next_group.max(p.group + 1);
+                    }
+                }
             }
         }
         next
@@ -143,16 +190,18 @@ mod tests {
         let p = PartitionMeta {
             shard: ShardId(0),
             leader_epoch: 0,
+            replicas: Vec::new(),
+            group: 0,
         };
         let img = img.apply(&MetadataRecord::TopicCreated {
             name: "t".into(),
             id,
-            partitions: vec![p],
+            partitions: vec![p.clone()],
             configs: BTreeMap::new(),
         });
         let img = img.apply(&MetadataRecord::PartitionsAdded {
             name: "t".into(),
-            partitions: vec![p, p],
+            partitions: vec![p.clone(), p.clone()],
         });
         assert_eq!(img.topics["t"].partitions.len(), 3);
         assert_eq!(img.load_per_shard(2), vec![3, 0]);

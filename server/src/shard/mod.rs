@@ -75,6 +75,14 @@ pub struct Shard {
     pub producer_ids: RefCell<std::ops::Range<i64>>,
     /// The consumer groups this core coordinates.
     pub groups: crate::groups::Coordinator,
+    /// Raft groups on this core (cluster mode): its replicated partitions, and on core 0 the
+    /// metadata group.
+    pub raft_groups:
+        RefCell<HashMap<ringlog_raft::types::GroupId, Rc<crate::cluster::group::RaftGroup>>>,
+    /// This core's connections to the other brokers (cluster mode).
+    pub transport: Option<Rc<crate::cluster::rpc::Transport>>,
+    /// What this broker knows of the others (cluster mode; shared by all cores).
+    pub peers: Option<Arc<crate::cluster::peers::PeerTable>>,
 }
 
 impl Shard {
@@ -134,6 +142,6 @@ impl Shard {
         let img = self.image.borrow();
         let t = img.topics.get(topic)?;
         let p = usize::try_from(partition).ok()?;
-        t.partitions.get(p).map(|p| p.shard)
+        t.partitions.get(p).map(|p| p.owner(self.shard_count))
     }
 }

@@ -53,6 +53,10 @@ pub fn run(config: Config) -> Result<(), String> {
     install_signal_thread()?;
     let config = Arc::new(config);
     let mesh = Arc::new(Mesh::new(shard_count, config.limits.mesh_queue_depth));
+    let peers = config
+        .cluster
+        .as_ref()
+        .map(|_| Arc::new(crate::cluster::peers::PeerTable::default()));
     tracing::info!(cores = shard_count, addr = %config.kafka_addr, data_dir = %config.data_dir.display(), "starting ringlog");
     let handles = LocalExecutorPoolBuilder::new(placement)
         .io_memory(config.io_memory_bytes)
@@ -61,8 +65,9 @@ pub fn run(config: Config) -> Result<(), String> {
             let config = config.clone();
             let mesh = mesh.clone();
             let advertised = advertised.clone();
+            let peers = peers.clone();
             async move {
-                let r = shard_main(config, mesh, shard_count, advertised).await;
+                let r = shard_main(config, mesh, shard_count, advertised, peers).await;
                 if let Err(e) = &r {
                     // One core failing stops them all (fail-stop), instead of a half-alive broker.
                     tracing::error!(error = %e, "core failed; stopping the broker");
@@ -116,8 +121,10 @@ async fn shard_main(
     mesh: Arc<Mesh>,
     shard_count: usize,
     advertised: (String, u16),
+    peers: Option<Arc<crate::cluster::peers::PeerTable>>,
 ) -> Result<(), String> {
     let (id, senders, inbox) = mesh.join().ok_or("joining the core mesh")?;
+    let transport = crate::cluster::rpc::Transport::start(&config, &advertised);
     let shard = Rc::new(Shard {
         id,
         shard_count,
@@ -139,6 +146,9 @@ async fn shard_main(
         partitions: RefCell::new(HashMap::new()),
         controller: RefCell::new(None),
         connections: Cell::new(0),
+        raft_groups: RefCell::new(HashMap::new()),
+        transport,
+        peers,
     });
     {
         let shard = shard.clone();
@@ -147,18 +157,52 @@ async fn shard_main(
         glommio::spawn_local(inbox.for_each_concurrent(max, move |job| job(shard.clone())))
             .detach();
     }
+    let rpc = match (&shard.config.cluster, &shard.peers) {
+        (Some(cluster), Some(peers)) if id.0 == 0 => {
+            let l = glommio::net::TcpListener::bind(cluster.rpc_addr)
+                .map_err(|e| format!("binding the rpc address {}: {e}", cluster.rpc_addr))?;
+            tracing::info!(addr = %cluster.rpc_addr, node = cluster.node_id.0, "listening for brokers");
+            Some(glommio::spawn_local(crate::cluster::rpc::serve(
+                shard.clone(),
+                l,
+                peers.clone(),
+            )))
+        }
+        _ => None,
+    };
+    let ticker = shard.config.cluster.as_ref().map(|c| {
+        let (s, every) = (shard.clone(), Duration::from_millis(c.tick_ms));
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(every).await;
+                let groups: Vec<_> = s.raft_groups.borrow().values().cloned().collect();
+                for g in groups {
+                    g.tick();
+                }
+            }
+        })
+    });
     if id.0 == 0 {
         let c = Rc::new(Controller::open(&shard).await?);
         *shard.controller.borrow_mut() = Some(c.clone());
-        controller::broadcast(&shard, c.image()).await;
-    } else {
-        // Wait for the first image from core 0 before serving.
-        while shard.image().cluster_id.is_empty() {
-            if STOPPING.load(Ordering::Relaxed) {
-                return Err("stopped before core 0 published the metadata".into());
-            }
-            glommio::timer::sleep(Duration::from_millis(5)).await;
+        if shard.config.cluster.is_some() {
+            glommio::spawn_local(c.clone().run_apply(shard.clone())).detach();
+        } else {
+            controller::broadcast(&shard, c.image()).await;
         }
+    }
+    // Serve only with a metadata image: from core 0 at once on a single node; in a cluster
+    // once the metadata group has a leader and this broker has applied its log.
+    let mut waited_ms = 0u64;
+    while shard.image().cluster_id.is_empty() {
+        if STOPPING.load(Ordering::Relaxed) {
+            return Err("stopped before the metadata was available".into());
+        }
+        if id.0 == 0 && waited_ms > 0 && waited_ms % 5000 == 0 {
+            tracing::info!(waited_ms, "waiting for the controller quorum");
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+        waited_ms += 5;
     }
     let housekeeping = spawn_housekeeping(shard.clone())?;
     let listener = crate::kafka::listener::Listener::bind(&shard)?;
@@ -168,6 +212,8 @@ async fn shard_main(
     }
     tracing::info!(shard = id.0, "stopping");
     drop(accept);
+    drop(rpc);
+    drop(ticker);
     drop(housekeeping);
     // Let in-flight requests finish, bounded.
     for _ in 0..100 {
@@ -184,6 +230,16 @@ async fn shard_main(
         .collect();
     for p in parts {
         p.close().await;
+    }
+    // The metadata group (core 0) is not a partition of the table: stop it the same way.
+    let groups: Vec<_> = shard
+        .raft_groups
+        .borrow_mut()
+        .drain()
+        .map(|(_, g)| g)
+        .collect();
+    for g in groups {
+        g.close_gracefully().await;
     }
     Ok(())
 }
@@ -279,6 +335,9 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<MetadataImage>) {
     for tp in doomed {
         let p = shard.partitions.borrow_mut().remove(&tp);
         if let Some(p) = p {
+            if let Some(g) = &p.raft {
+                shard.raft_groups.borrow_mut().remove(&g.id);
+            }
             p.close().await;
         }
         let dir = partition_dir(shard, &tp);
@@ -290,7 +349,12 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<MetadataImage>) {
     for t in image.topics.values() {
         let config = t.log_config(&shard.config.log_defaults);
         for (i, p) in t.partitions.iter().enumerate() {
-            if p.shard != shard.id {
+            if p.owner(shard.shard_count) != shard.id {
+                continue;
+            }
+            // In a cluster a broker holds only the partitions it has a replica of.
+            let me = shard.config.cluster.as_ref().map(|c| c.node_id.0);
+            if p.is_replicated() && me.is_some_and(|me| !p.replicas.contains(&me)) {
                 continue;
             }
             let tp = TopicPartition {
@@ -304,16 +368,14 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<MetadataImage>) {
                         part.log.set_config(config.clone());
                     }
                 }
-                None => {
-                    match Partition::open(shard, tp.clone(), config.clone(), p.leader_epoch).await {
-                        Ok(part) => {
-                            shard.partitions.borrow_mut().insert(tp, part);
-                        }
-                        Err(e) => {
-                            tracing::error!(topic = %t.name, partition = i, error = %e.message, "opening partition")
-                        }
+                None => match Partition::open(shard, tp.clone(), config.clone(), p).await {
+                    Ok(part) => {
+                        shard.partitions.borrow_mut().insert(tp, part);
                     }
-                }
+                    Err(e) => {
+                        tracing::error!(topic = %t.name, partition = i, error = %e.message, "opening partition")
+                    }
+                },
             }
         }
     }

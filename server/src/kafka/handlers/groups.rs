@@ -81,21 +81,52 @@ pub async fn find_coordinator(
         vec![req.key.to_string()]
     };
     let ready = if req.key_type == 0 {
-        groups::ensure_offsets_topic(shard).await.map(|_| ())
+        groups::ensure_offsets_topic(shard).await
     } else {
         Err(crate::kafka::errors::KafkaError::new(
             kafka_protocol::error::ResponseError::CoordinatorNotAvailable,
             "transactions are not supported yet",
         ))
     };
+    // In a cluster a group's coordinator is the leader of its `__consumer_offsets` partition.
+    let leaders = match (&shard.peers, &ready) {
+        (Some(_), Ok(_)) => Some(crate::cluster::partition_leaders(shard).await),
+        _ => None,
+    };
     let (host, port) = shard.advertised.clone();
     let one = |key: &str| -> Coordinator {
-        match &ready {
-            Ok(()) => Coordinator::default()
+        let located = match (&ready, &leaders, &shard.peers) {
+            (Ok(_), None, _) => Ok((shard.config.node_id, host.clone(), port)),
+            (Ok(n), Some(leaders), Some(peers)) => {
+                let p = groups::partition_for(key, *n);
+                match leaders.get(&(groups::OFFSETS_TOPIC.to_string(), p)) {
+                    Some((l, _)) if *l as i32 == shard.config.node_id => {
+                        Ok((shard.config.node_id, host.clone(), port))
+                    }
+                    Some((l, _)) if *l != 0 => {
+                        match peers.kafka_addr(ringlog_raft::types::NodeId(*l)) {
+                            Some((h, pt)) => Ok((*l as i32, h, pt)),
+                            None => Err(crate::kafka::errors::KafkaError::new(
+                                kafka_protocol::error::ResponseError::CoordinatorNotAvailable,
+                                format!("coordinator {l} has not said hello yet"),
+                            )),
+                        }
+                    }
+                    _ => Err(crate::kafka::errors::KafkaError::new(
+                        kafka_protocol::error::ResponseError::CoordinatorNotAvailable,
+                        format!("{}-{p} has no leader here", groups::OFFSETS_TOPIC),
+                    )),
+                }
+            }
+            (Ok(_), Some(_), None) => Ok((shard.config.node_id, host.clone(), port)),
+            (Err(e), _, _) => Err(e.clone()),
+        };
+        match located {
+            Ok((node, h, pt)) => Coordinator::default()
                 .with_key(sb(key))
-                .with_node_id(BrokerId(shard.config.node_id))
-                .with_host(sb(&host))
-                .with_port(port as i32),
+                .with_node_id(BrokerId(node))
+                .with_host(sb(&h))
+                .with_port(pt as i32),
             Err(e) => Coordinator::default()
                 .with_key(sb(key))
                 .with_node_id(BrokerId(-1))

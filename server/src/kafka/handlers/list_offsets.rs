@@ -62,7 +62,7 @@ async fn lookup(
     let owner = usize::try_from(partition)
         .ok()
         .and_then(|i| meta.partitions.get(i))
-        .map(|p| p.shard)
+        .map(|p| p.owner(shard.shard_count))
         .ok_or_else(|| KafkaError::unknown_partition(name, partition))?;
     let topic = meta.name.clone();
     shard
@@ -74,7 +74,7 @@ async fn lookup(
                 )
             })?;
             let (offset, ts) = p.offset_for(timestamp).await?;
-            Ok((offset.0, ts, p.leader_epoch.get()))
+            Ok((offset.0, ts, p.epoch()))
         })
         .await
         .map_err(|e| KafkaError::new(ResponseError::NotLeaderOrFollower, e.to_string()))?

@@ -99,15 +99,95 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
             .collect(),
     };
     let (host, port) = &shard.advertised;
+    let mut brokers = vec![MetadataResponseBroker::default()
+        .with_node_id(node)
+        .with_host(StrBytes::from_string(host.clone()))
+        .with_port(*port as i32)];
+    let mut controller = node;
+    let mut topics = topics;
+    if let Some(peers) = &shard.peers {
+        let alive = peers.alive(std::time::Duration::from_millis(
+            crate::cluster::PEER_ALIVE_MS,
+        ));
+        for (n, (h, p)) in &alive {
+            brokers.push(
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(n.0 as i32))
+                    .with_host(StrBytes::from_string(h.clone()))
+                    .with_port(*p as i32),
+            );
+        }
+        let mut up: Vec<i32> = alive.iter().map(|(n, _)| n.0 as i32).collect();
+        up.push(node.0);
+        controller = BrokerId(
+            shard
+                .invoke_on(crate::shard::ShardId(0), |s| async move {
+                    s.controller
+                        .borrow()
+                        .as_ref()
+                        .and_then(|c| c.active_controller())
+                        .unwrap_or(-1)
+                })
+                .await
+                .unwrap_or(-1),
+        );
+        let leaders = crate::cluster::partition_leaders(shard).await;
+        fill_cluster_leaders(&mut topics, &img, &leaders, &up);
+    }
     MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(node)
-            .with_host(StrBytes::from_string(host.clone()))
-            .with_port(*port as i32)])
+        .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_string(img.cluster_id.clone())))
-        .with_controller_id(node)
+        .with_controller_id(controller)
         .with_topics(topics)
         .with_cluster_authorized_operations(cluster_ops)
+}
+
+/// Replicated partitions: the Raft leader as the partition leader (LEADER_NOT_AVAILABLE when
+/// this broker knows none that is up), the replicas, and as in-sync the replicas that are up.
+fn fill_cluster_leaders(
+    topics: &mut [MetadataResponseTopic],
+    img: &crate::metadata::MetadataImage,
+    leaders: &std::collections::HashMap<(String, i32), (u64, i32)>,
+    up: &[i32],
+) {
+    for t in topics.iter_mut() {
+        let Some(name) = t.name.as_ref().map(|n| n.0.to_string()) else {
+            continue;
+        };
+        let Some(meta) = img.topics.get(&name) else {
+            continue;
+        };
+        for p in t.partitions.iter_mut() {
+            let Some(pm) = usize::try_from(p.partition_index)
+                .ok()
+                .and_then(|i| meta.partitions.get(i))
+            else {
+                continue;
+            };
+            if !pm.is_replicated() {
+                continue;
+            }
+            let replicas: Vec<BrokerId> = pm.replicas.iter().map(|r| BrokerId(*r as i32)).collect();
+            let isr: Vec<BrokerId> = replicas
+                .iter()
+                .copied()
+                .filter(|r| up.contains(&r.0))
+                .collect();
+            p.replica_nodes = replicas;
+            p.isr_nodes = isr;
+            match leaders.get(&(name.clone(), p.partition_index)) {
+                Some((leader, epoch)) if *leader != 0 && up.contains(&(*leader as i32)) => {
+                    p.leader_id = BrokerId(*leader as i32);
+                    p.leader_epoch = *epoch;
+                    p.error_code = 0;
+                }
+                _ => {
+                    p.leader_id = BrokerId(-1);
+                    p.error_code = ResponseError::LeaderNotAvailable.code();
+                }
+            }
+        }
+    }
 }
 
 /// Bits of Kafka's AclOperation codes allowed on a topic: READ 3, WRITE 4, CREATE 5, DELETE 6,
