@@ -113,6 +113,12 @@ impl<S: Storage + Durable> Replica<S> {
         })
     }
 
+    /// Starts an election now (a preferred leader of a new group, instead of waiting for its
+    /// election timeout).
+    pub fn campaign(&mut self) -> Result<(), ReplicaError> {
+        Ok(self.node.campaign()?)
+    }
+
     /// One logical clock tick.
     pub fn tick(&mut self) {
         self.node.tick();

@@ -440,3 +440,27 @@ def test_deploy_script_starts_a_cluster_that_serves_groups(tmp_path):
         lines = (d / f"node{i + 1}.log").read_text(errors="replace").splitlines()
         bad = [ln for ln in lines if " ERROR " in ln and "iopoll" not in ln]
         assert not bad, bad[:5]
+
+
+@pytest.mark.timeout(180, method="signal")
+def test_replication_factor_1_partitions_reachable_from_any_broker(broker, tmp_path):
+    """Partitions with one replica live on one broker; the others name its leader in Metadata
+    (from the leaders' announcements), so a client bootstrapped anywhere produces and reads."""
+    c = Cluster(broker, tmp_path)
+    leaders = c.create_topic("single", 3, rf=1)
+    assert sorted(set(leaders.values())) == [1, 2, 3], leaders  # spread over the brokers
+    for n in (1, 2, 3):
+        deadline = time.monotonic() + 10
+        while raw_leaders(c.node(n), "single") != leaders and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert raw_leaders(c.node(n), "single") == leaders, n
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": c.node(1).bootstrap, "broker.address.family": "v4",
+                  "acks": "all"})
+    for i in range(300):
+        p.produce("single", value=f"{i % 3}:{i // 3}".encode(), partition=i % 3)
+    assert p.flush(60) == 0
+    got = consume_all(c, "single", 3)
+    for part in range(3):
+        assert [s for (s, _o) in got[part]] == list(range(100)), part

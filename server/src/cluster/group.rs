@@ -115,6 +115,16 @@ impl RaftGroup {
         })
         .detach();
         *g.worker.borrow_mut() = Some(worker);
+        // A new group's first replica is its preferred leader: it campaigns at once, so
+        // leaders start spread the way placement spread first replicas (and a new topic is
+        // writable after one round trip instead of an election timeout).
+        let fresh = g.store.initial_commit().0 == 0 && g.store.last().0 == 0;
+        if fresh && voters.first() == Some(&g.transport.me()) {
+            if let Err(e) = g.replica.borrow_mut().campaign() {
+                tracing::warn!(group = %g.name, error = %e, "campaign");
+            }
+            g.ready();
+        }
         Ok(g)
     }
 

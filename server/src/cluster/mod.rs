@@ -32,7 +32,8 @@ pub const ELECTION_TICKS: usize = 10;
 /// Heartbeat interval in ticks.
 pub const HEARTBEAT_TICKS: usize = 2;
 
-/// Leader and epoch of every replicated partition this broker holds, from each core's groups:
+/// Leader and epoch of every replicated partition: from each core's groups for the partitions
+/// this broker holds, from the leaders' announcements for the others:
 /// `(topic, partition) -> (leader node id or 0, leader epoch)`.
 pub async fn partition_leaders(
     shard: &std::rc::Rc<crate::shard::Shard>,
@@ -56,6 +57,20 @@ pub async fn partition_leaders(
             .await;
         if let Ok(v) = r {
             out.extend(v);
+        }
+    }
+    // Partitions this broker does not host: what their leaders announced.
+    if let Some(peers) = &shard.peers {
+        let img = shard.image();
+        for t in img.topics.values() {
+            for (i, p) in t.partitions.iter().enumerate() {
+                let key = (t.name.clone(), i as i32);
+                if p.is_replicated() && !out.contains_key(&key) {
+                    if let Some((l, term)) = peers.leader_hint(p.group) {
+                        out.insert(key, (l, i32::try_from(term).unwrap_or(i32::MAX)));
+                    }
+                }
+            }
         }
     }
     out

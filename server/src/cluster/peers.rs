@@ -20,10 +20,13 @@ pub struct Peer {
     pub heard: Instant,
 }
 
-/// Every other broker this one has heard from.
+/// Every other broker this one has heard from, and the partition leaders they announced.
 #[derive(Default)]
 pub struct PeerTable {
     peers: Mutex<BTreeMap<NodeId, Peer>>,
+    /// Raft group -> (leader, term), as announced by leaders (the highest term wins), for
+    /// partitions this broker does not host.
+    leaders: Mutex<std::collections::HashMap<u64, (u64, u64)>>,
 }
 
 impl PeerTable {
@@ -58,6 +61,23 @@ impl PeerTable {
             .filter(|(_, peer)| peer.heard.elapsed() <= within)
             .map(|(n, peer)| (*n, peer.kafka.clone()))
             .collect()
+    }
+
+    /// Records leaders' announcements `(group, leader, term)`.
+    pub fn leader_hints(&self, hints: &[(u64, u64, u64)]) {
+        if let Ok(mut l) = self.leaders.lock() {
+            for (group, leader, term) in hints {
+                let e = l.entry(*group).or_insert((*leader, *term));
+                if *term >= e.1 {
+                    *e = (*leader, *term);
+                }
+            }
+        }
+    }
+
+    /// The announced leader and term of `group`.
+    pub fn leader_hint(&self, group: u64) -> Option<(u64, u64)> {
+        self.leaders.lock().ok()?.get(&group).copied()
     }
 
     /// The Kafka address of `node`, if it ever said hello.

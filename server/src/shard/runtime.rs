@@ -172,12 +172,27 @@ async fn shard_main(
     };
     let ticker = shard.config.cluster.as_ref().map(|c| {
         let (s, every) = (shard.clone(), Duration::from_millis(c.tick_ms));
+        let announce_every = (crate::cluster::rpc::LEADERS_INTERVAL_MS / c.tick_ms.max(1)).max(1);
         glommio::spawn_local(async move {
+            let mut ticks = 0u64;
             loop {
                 glommio::timer::sleep(every).await;
                 let groups: Vec<_> = s.raft_groups.borrow().values().cloned().collect();
-                for g in groups {
+                for g in &groups {
                     g.tick();
+                }
+                ticks += 1;
+                if ticks % announce_every == 0 {
+                    let leading: Vec<(u64, u64, u64)> = groups
+                        .iter()
+                        .filter(|g| g.is_leader() && g.id != crate::cluster::METADATA_GROUP)
+                        .map(|g| (g.id.0, g.leader(), g.term().0))
+                        .collect();
+                    if let Some(t) = &s.transport {
+                        if !leading.is_empty() {
+                            t.announce_leaders(&leading);
+                        }
+                    }
                 }
             }
         })

@@ -7,6 +7,7 @@ pub mod fetch;
 pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod producer_id;
 
@@ -68,6 +69,7 @@ pub fn supported_versions(api: ApiKey) -> Option<(i16, i16)> {
         ApiKey::DescribeGroups => clip::<DescribeGroupsRequest>(0, 5),
         ApiKey::DeleteGroups => clip::<DeleteGroupsRequest>(0, 2),
         ApiKey::OffsetDelete => clip::<OffsetDeleteRequest>(0, 0),
+        ApiKey::OffsetForLeaderEpoch => clip::<OffsetForLeaderEpochRequest>(2, 4),
         _ => None,
     }
 }
@@ -176,6 +178,9 @@ pub async fn handle(
         )),
         RequestKind::OffsetDelete(r) => respond(ResponseKind::OffsetDelete(
             groups::offset_delete(shard, r).await,
+        )),
+        RequestKind::OffsetForLeaderEpoch(r) => respond(ResponseKind::OffsetForLeaderEpoch(
+            offset_for_leader_epoch::handle(shard, r).await,
         )),
         other => Reply::Close(format!("no handler for {other:?}")),
     }
