@@ -87,15 +87,41 @@ pub async fn describe(conn: &Connection, topic: &str) -> Result<Option<ClusterVi
     Ok(Some(view))
 }
 
-/// Connects to the bootstrap broker, creates the topic if asked and needed, and waits until
-/// every partition has a leader.
+/// Connects to a bootstrap broker (the first of a comma-separated list that answers), creates
+/// the topic if asked and needed, and waits until every partition has a leader.
 pub async fn prepare(
     bootstrap: &str,
     workload: &Workload,
     limits: &Limits,
 ) -> Result<ClusterView, LoadgenError> {
-    let addr = client::resolve(bootstrap)?;
-    let conn = Connection::connect(addr, limits, "ringlog-loadgen-setup").await?;
+    let mut last_err = None;
+    let mut found = None;
+    for one in bootstrap
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let addr = match client::resolve(one) {
+            Ok(a) => a,
+            Err(e) => {
+                last_err = Some(e);
+                continue;
+            }
+        };
+        match Connection::connect(addr, limits, "ringlog-loadgen-setup").await {
+            Ok(c) => {
+                found = Some((addr, c));
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let Some((addr, conn)) = found else {
+        return Err(last_err.unwrap_or_else(|| LoadgenError::Unreachable {
+            addr: bootstrap.to_string(),
+            reason: "no bootstrap address given".into(),
+        }));
+    };
     let deadline = Instant::now() + Duration::from_millis(limits.request_timeout_ms);
     let mut created = false;
     loop {

@@ -34,7 +34,7 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Bootstrap broker, HOST:PORT.
+    /// Bootstrap brokers, HOST:PORT[,HOST:PORT...] (the first that answers is used).
     #[arg(long, default_value = "127.0.0.1:9092")]
     bootstrap: String,
     /// Load cores: a count (spread over online CPUs) or a list such as 1 or 0,2-3.

@@ -384,8 +384,18 @@ impl LogStore {
     }
 
     /// Entries of the batches `batches` within `[low, high)`, whole runs, about `max` bytes.
-    fn push_batches(out: &mut Vec<Entry>, batches: &[Bytes], low: u64, high: u64, max: u64) {
+    /// Offsets no batch holds (a compacted log's gaps) become empty entries with the log's
+    /// term there, so the entries stay contiguous (a follower stores each as a no-op).
+    fn push_batches(
+        out: &mut Vec<Entry>,
+        batches: &[Bytes],
+        low: u64,
+        high: u64,
+        max: u64,
+        term_at: impl Fn(u64) -> Option<u64>,
+    ) {
         let mut size = 0u64;
+        let mut next = low;
         for b in batches {
             if !out.is_empty() && size >= max {
                 return;
@@ -393,11 +403,17 @@ impl LogStore {
             let h = BatchHeader::read(b);
             let first = index_of(h.base_offset).0;
             let last = index_of(h.last_offset()).0;
+            while next < first.min(high) {
+                let Some(t) = term_at(next) else { return };
+                out.push(Self::entry(next, t, None));
+                next += 1;
+            }
             let term = h.term.0 as u64;
             for i in first.max(low)..=last.min(high.saturating_sub(1)) {
                 let data = (i == first && !h.is_control()).then_some(b);
                 out.push(Self::entry(i, term, data));
             }
+            next = next.max(last + 1);
             size += b.len() as u64 + 16;
             if last + 1 >= high {
                 return;
@@ -508,7 +524,9 @@ impl Storage for LogStore {
                         }
                     },
                 };
-                Self::push_batches(&mut out, &batches, low, log_high, max);
+                let log = &self.inner.log;
+                let term_at = |i: u64| log.term_at(offset_of(RaftIndex(i))).map(|t| t.0 as u64);
+                Self::push_batches(&mut out, &batches, low, log_high, max, term_at);
                 if out.is_empty() {
                     return Err(raft::Error::Store(RaftStorageError::Unavailable));
                 }
@@ -674,4 +692,62 @@ pub fn stamp_for_proposal(batch: &mut [u8], at: RaftIndex, term: RaftTerm) -> Re
     let t = i32::try_from(term.0).map_err(|_| format!("term {} out of range", term.0))?;
     batch::stamp(batch, offset_of(at), Term(t));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringlog_storage::batch::build::{encode_batch, NewRecord};
+
+    fn batch_at(base: i64, records: usize, term: i32) -> Bytes {
+        let recs: Vec<NewRecord> = (0..records)
+            .map(|i| NewRecord {
+                key: None,
+                value: Some(vec![i as u8; 10]),
+            })
+            .collect();
+        let mut b = encode_batch(&recs, 0);
+        batch::stamp(&mut b, Offset(base), Term(term));
+        b.freeze()
+    }
+
+    #[test]
+    fn entries_of_batches_are_contiguous_runs_across_compaction_gaps() {
+        // Offsets 0..=2 in one batch, 3..=4 compacted away, 5..=6 in another.
+        let batches = vec![batch_at(0, 3, 1), batch_at(5, 2, 2)];
+        let mut out = Vec::new();
+        LogStore::push_batches(&mut out, &batches, 2, 8, u64::MAX, |i| {
+            Some(if i <= 5 { 1 } else { 2 })
+        });
+        let idx: Vec<u64> = out.iter().map(|e| e.index).collect();
+        assert_eq!(idx, vec![2, 3, 4, 5, 6, 7]);
+        // Index 2 and 3 are placeholders of the first batch, 4 and 5 fill the gap, 6 heads
+        // the second batch (its bytes), 7 is its placeholder.
+        let with_data: Vec<u64> = out
+            .iter()
+            .filter(|e| !e.data.is_empty())
+            .map(|e| e.index)
+            .collect();
+        assert_eq!(with_data, vec![6]);
+        assert_eq!(
+            out.iter().map(|e| e.term).collect::<Vec<_>>(),
+            vec![1, 1, 1, 1, 2, 2]
+        );
+        // A range starting inside a gap starts with the gap.
+        let mut out = Vec::new();
+        LogStore::push_batches(&mut out, &batches[1..], 4, 7, u64::MAX, |_| Some(1));
+        assert_eq!(
+            out.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![4, 5, 6]
+        );
+        assert!(!out[2].data.is_empty());
+    }
+
+    #[test]
+    fn index_and_offset_map_one_to_one() {
+        for o in [0i64, 1, 41, 1 << 40] {
+            assert_eq!(offset_of(index_of(Offset(o))), Offset(o));
+        }
+        assert_eq!(index_of(Offset(0)), RaftIndex(1));
+    }
 }
