@@ -62,6 +62,9 @@ pub struct Limits {
     /// client gets REQUEST_TIMED_OUT (the write may still commit: idempotent producers'
     /// retries are recognised).
     pub replication_timeout_ms: u64,
+    /// A broker the active controller has not heard from (heartbeats every second) for this
+    /// long is fenced: Metadata stops listing it until it is heard again.
+    pub broker_session_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -85,6 +88,7 @@ impl Default for Limits {
             rpc_frame_bytes_max: 64 << 20,
             controller_request_timeout_ms: 10_000,
             replication_timeout_ms: 30_000,
+            broker_session_timeout_ms: 6_000,
         }
     }
 }

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, free_port, raw_call
+from conftest import REPO_ROOT, free_port, probe_metadata, raw_call
 
 pytestmark = pytest.mark.ringlog_flags
 
@@ -49,6 +49,13 @@ class Cluster:
             b.launch()
         for b in self.brokers:
             b.wait_ready(60)
+        # Every broker is registered with the controller before it serves, but a broker may
+        # serve before the others have registered: wait until each lists all of them.
+        deadline = time.monotonic() + 30
+        for b in self.brokers:
+            while len(probe_metadata("127.0.0.1", b.port)) < n:
+                assert time.monotonic() < deadline, f"{b} does not list {n} brokers"
+                time.sleep(0.1)
 
     @property
     def bootstrap(self) -> str:
@@ -266,8 +273,23 @@ def test_failover_kill9_sigstop_no_acknowledged_write_lost(broker, tmp_path):
     failover_ms = (first_ack - killed_at) * 1000
     print(f"\nfailover: kill -9 of leader {victim} to first acknowledged produce on its "
           f"partition: {failover_ms:.0f} ms (new leaders {new_leaders})", file=sys.__stderr__)
-    time.sleep(2)
+    # The active controller fences the dead broker: Metadata stops listing it.
+    live = next(n for n in (1, 2, 3) if n != victim)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        listed = [n for (n, _h, _p) in probe_metadata("127.0.0.1", c.node(live).port)]
+        if victim not in listed:
+            break
+        time.sleep(0.2)
+    assert victim not in listed, f"broker {victim} still listed 20 s after kill -9: {listed}"
     c.node(victim).start(60)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        listed = [n for (n, _h, _p) in probe_metadata("127.0.0.1", c.node(live).port)]
+        if victim in listed:
+            break
+        time.sleep(0.2)
+    assert victim in listed, f"restarted broker {victim} not listed again: {listed}"
 
     # SIGSTOP another broker for a while (a long GC pause, a hung disk), then let it go on.
     paused = next(n for n in (1, 2, 3) if n != victim)

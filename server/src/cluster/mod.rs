@@ -6,7 +6,9 @@
 //!   (`ringlog_raft::log_store`), its store worker, ticks, and the high watermark it implies;
 //! - [`rpc`]: the broker-to-broker TCP transport (Raft envelopes, forwarded controller
 //!   requests, hellos that carry each broker's Kafka address);
-//! - [`peers`]: what this broker knows of the others (Kafka address, last heard).
+//! - [`peers`]: the partition leaders other brokers announce;
+//! - brokers register with the active controller and heartbeat to it
+//!   ([`register_and_heartbeat`]); the controller fences the silent ones in the metadata log.
 //!
 //! Who runs where: every core has its own outbound connections and its own groups; core 0
 //! accepts inbound RPC connections and hands each group's messages to the core that owns the
@@ -76,8 +78,43 @@ pub async fn partition_leaders(
     out
 }
 
-/// Brokers are listed (and counted in-sync) when heard from within this.
-pub const PEER_ALIVE_MS: u64 = 3000;
+/// How often a broker heartbeats to the active controller (and the controller checks for
+/// brokers to fence).
+pub const BROKER_HEARTBEAT_MS: u64 = 1000;
+
+/// Registers this broker with the active controller, then heartbeats every
+/// [`BROKER_HEARTBEAT_MS`] until shutdown (core 0 of every cluster broker).
+pub async fn register_and_heartbeat(shard: std::rc::Rc<crate::shard::Shard>) {
+    let Some(cluster) = shard.config.cluster.clone() else {
+        return;
+    };
+    let node = cluster.node_id.0 as i32;
+    let (host, port) = shard.advertised.clone();
+    let rpc = cluster.rpc_addr.to_string();
+    let mut registered = false;
+    while !crate::shard::runtime::stopping() {
+        let c = shard.controller.borrow().clone();
+        if let Some(c) = c {
+            let r = if registered {
+                c.broker_heartbeat(&shard, node).await
+            } else {
+                c.register_broker(&shard, node, host.clone(), port, rpc.clone())
+                    .await
+            };
+            match r {
+                Ok(()) if !registered => {
+                    tracing::info!(node, "registered with the controller");
+                    registered = true;
+                }
+                Ok(()) => {}
+                Err(e) => tracing::debug!(error = %e.message, "controller heartbeat"),
+            }
+        }
+        // Until registered, retry soon: the broker does not serve clients before that.
+        let pause_ms = if registered { BROKER_HEARTBEAT_MS } else { 100 };
+        glommio::timer::sleep(std::time::Duration::from_millis(pause_ms)).await;
+    }
+}
 
 /// Stops the broker at once after a failure that makes this replica unsafe to keep running
 /// (it can no longer persist what it acknowledges). Exit code 70 (EX_SOFTWARE).

@@ -1,68 +1,21 @@
-//! What this broker knows of the others: each one's Kafka address (from its hello) and when it
-//! was last heard from.
+//! What this broker learns from the others over RPC: the partition leaders they announce.
 //!
-//! Shared by all cores of the broker (`Arc`, a mutex inside): written when an RPC frame
-//! arrives on core 0, read by Metadata requests on any core. Control plane only: produce and
-//! fetch never touch it.
+//! Shared by all cores of the broker (`Arc`, a mutex inside): written when an announcement
+//! arrives on core 0, read by Metadata and FindCoordinator on any core for partitions this
+//! broker does not host. Control plane only: produce and fetch never touch it. (Which brokers
+//! are live, and their addresses, is in the metadata log: registrations and fences.)
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-use ringlog_raft::types::NodeId;
-
-/// A broker as last heard of.
-#[derive(Clone, Debug)]
-pub struct Peer {
-    /// Host and port Kafka clients use.
-    pub kafka: (String, u16),
-    /// When a frame from it last arrived.
-    pub heard: Instant,
-}
-
-/// Every other broker this one has heard from, and the partition leaders they announced.
+/// Partition leaders announced by the brokers that lead them.
 #[derive(Default)]
 pub struct PeerTable {
-    peers: Mutex<BTreeMap<NodeId, Peer>>,
-    /// Raft group -> (leader, term), as announced by leaders (the highest term wins), for
-    /// partitions this broker does not host.
-    leaders: Mutex<std::collections::HashMap<u64, (u64, u64)>>,
+    /// Raft group -> (leader, term); the highest term wins.
+    leaders: Mutex<HashMap<u64, (u64, u64)>>,
 }
 
 impl PeerTable {
-    /// Records a hello (the broker's Kafka address).
-    pub fn hello(&self, node: NodeId, kafka: (String, u16)) {
-        if let Ok(mut p) = self.peers.lock() {
-            p.insert(
-                node,
-                Peer {
-                    kafka,
-                    heard: Instant::now(),
-                },
-            );
-        }
-    }
-
-    /// Records that a frame from `node` arrived.
-    pub fn heard(&self, node: NodeId) {
-        if let Ok(mut p) = self.peers.lock() {
-            if let Some(peer) = p.get_mut(&node) {
-                peer.heard = Instant::now();
-            }
-        }
-    }
-
-    /// Brokers heard from within `within`, with their Kafka addresses.
-    pub fn alive(&self, within: Duration) -> Vec<(NodeId, (String, u16))> {
-        let Ok(p) = self.peers.lock() else {
-            return Vec::new();
-        };
-        p.iter()
-            .filter(|(_, peer)| peer.heard.elapsed() <= within)
-            .map(|(n, peer)| (*n, peer.kafka.clone()))
-            .collect()
-    }
-
     /// Records leaders' announcements `(group, leader, term)`.
     pub fn leader_hints(&self, hints: &[(u64, u64, u64)]) {
         if let Ok(mut l) = self.leaders.lock() {
@@ -79,9 +32,20 @@ impl PeerTable {
     pub fn leader_hint(&self, group: u64) -> Option<(u64, u64)> {
         self.leaders.lock().ok()?.get(&group).copied()
     }
+}
 
-    /// The Kafka address of `node`, if it ever said hello.
-    pub fn kafka_addr(&self, node: NodeId) -> Option<(String, u16)> {
-        self.peers.lock().ok()?.get(&node).map(|p| p.kafka.clone())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_highest_term_wins() {
+        let t = PeerTable::default();
+        t.leader_hints(&[(7, 1, 3)]);
+        t.leader_hints(&[(7, 2, 2)]);
+        assert_eq!(t.leader_hint(7), Some((1, 3)));
+        t.leader_hints(&[(7, 3, 4)]);
+        assert_eq!(t.leader_hint(7), Some((3, 4)));
+        assert_eq!(t.leader_hint(8), None);
     }
 }

@@ -430,16 +430,14 @@ async fn serve_conn(shard: Rc<Shard>, stream: TcpStream, peers: Arc<PeerTable>) 
     let mut peer = None;
     while let Some((kind, body)) = read_frame(&mut reader, max).await {
         if let Some(p) = peer {
-            let cut = shard.transport.as_ref().is_some_and(|t| t.is_isolated(p));
-            if cut {
+            if shard.transport.as_ref().is_some_and(|t| t.is_isolated(p)) {
                 continue;
             }
-            peers.heard(p);
         }
         match kind {
             KIND_HELLO => match serde_json::from_slice::<Hello>(&body) {
                 Ok(h) => {
-                    peers.hello(NodeId(h.node_id), (h.kafka_host, h.kafka_port));
+                    tracing::debug!(node = h.node_id, kafka = %format!("{}:{}", h.kafka_host, h.kafka_port), "rpc hello");
                     peer = Some(NodeId(h.node_id));
                 }
                 Err(e) => {

@@ -76,6 +76,11 @@ struct MetaRaft {
     applied_changed: Rc<Notify>,
     cluster: ClusterConfig,
     timeout: Duration,
+    /// When the active controller last heard from each broker (its own term only).
+    heard: std::cell::RefCell<std::collections::HashMap<i32, Instant>>,
+    /// The term `heard` belongs to: a new active controller starts everyone's clock afresh.
+    heard_term: Cell<u64>,
+    session_timeout: Duration,
 }
 
 /// A change forwarded to the active controller.
@@ -101,6 +106,15 @@ enum ControllerOp {
     },
     AllocateProducerIds {
         count: i64,
+    },
+    RegisterBroker {
+        node_id: i32,
+        host: String,
+        port: u16,
+        rpc: String,
+    },
+    BrokerHeartbeat {
+        node_id: i32,
     },
 }
 
@@ -199,6 +213,11 @@ impl Controller {
                     timeout: Duration::from_millis(
                         shard.config.limits.controller_request_timeout_ms,
                     ),
+                    heard: Default::default(),
+                    heard_term: Cell::new(0),
+                    session_timeout: Duration::from_millis(
+                        shard.config.limits.broker_session_timeout_ms,
+                    ),
                 })
             }
             _ => None,
@@ -236,7 +255,15 @@ impl Controller {
     pub async fn run_apply(self: Rc<Self>, shard: Rc<Shard>) {
         let Some(r) = &self.raft else { return };
         let mut cluster_id_term = 0;
+        let mut fenced_check = Instant::now();
         while !crate::shard::runtime::stopping() {
+            if fenced_check.elapsed() >= Duration::from_millis(crate::cluster::BROKER_HEARTBEAT_MS)
+            {
+                fenced_check = Instant::now();
+                let (c, s) = (self.clone(), shard.clone());
+                // Fencing commits through this task's own apply: run it beside the loop.
+                glommio::spawn_local(async move { c.fence_silent_brokers(&s).await }).detach();
+            }
             let seen = r.group.changed.generation();
             let hw = r.group.high_watermark();
             let at = r.applied.get();
@@ -281,6 +308,130 @@ impl Controller {
             let changed = r.group.changed.wait(seen);
             futures::pin_mut!(changed);
             futures::future::select(timer, changed).await;
+        }
+    }
+
+    /// Registers this broker (its Kafka and RPC addresses) in the metadata log, through the
+    /// active controller; a registration also ends a fence. Nothing is written when the log
+    /// already says the same.
+    pub async fn register_broker(
+        &self,
+        shard: &Rc<Shard>,
+        node_id: i32,
+        host: String,
+        port: u16,
+        rpc: String,
+    ) -> Result<(), KafkaError> {
+        if let Some(to) = self.route()? {
+            let op = ControllerOp::RegisterBroker {
+                node_id,
+                host,
+                port,
+                rpc,
+            };
+            return match self.forward(shard, to, op).await? {
+                ReplyBody::Unit(r) => unwire(r),
+                _ => Err(unexpected_reply()),
+            };
+        }
+        let _one = self.one_change.acquire(1).await;
+        self.heard_now(node_id);
+        let known = self.image().brokers.get(&node_id).cloned();
+        if known.is_some_and(|b| b.host == host && b.port == port && b.rpc == rpc && !b.fenced) {
+            return Ok(());
+        }
+        let rec = MetadataRecord::BrokerRegistered {
+            node_id,
+            host,
+            port,
+            rpc,
+        };
+        self.commit(shard, vec![rec]).await
+    }
+
+    /// A broker's liveness heartbeat (every `BROKER_HEARTBEAT_MS`), answered by the active
+    /// controller; a fenced broker that is heard again is unfenced.
+    pub async fn broker_heartbeat(
+        &self,
+        shard: &Rc<Shard>,
+        node_id: i32,
+    ) -> Result<(), KafkaError> {
+        if let Some(to) = self.route()? {
+            return match self
+                .forward(shard, to, ControllerOp::BrokerHeartbeat { node_id })
+                .await?
+            {
+                ReplyBody::Unit(r) => unwire(r),
+                _ => Err(unexpected_reply()),
+            };
+        }
+        self.heard_now(node_id);
+        if self.image().brokers.get(&node_id).is_some_and(|b| b.fenced) {
+            let _one = self.one_change.acquire(1).await;
+            if self.image().brokers.get(&node_id).is_some_and(|b| b.fenced) {
+                self.commit(shard, vec![MetadataRecord::BrokerUnfenced { node_id }])
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn heard_now(&self, node_id: i32) {
+        if let Some(r) = &self.raft {
+            self.reset_heard_on_new_term(r);
+            r.heard.borrow_mut().insert(node_id, Instant::now());
+        }
+    }
+
+    fn reset_heard_on_new_term(&self, r: &MetaRaft) {
+        let term = r.group.term().0;
+        if r.heard_term.replace(term) != term {
+            // A new active controller knows nothing of the others' heartbeats yet: give
+            // every broker a full session from now.
+            let now = Instant::now();
+            let mut heard = r.heard.borrow_mut();
+            heard.clear();
+            for id in self.image().brokers.keys() {
+                heard.insert(*id, now);
+            }
+        }
+    }
+
+    /// The active controller fences every unfenced broker it has not heard from within the
+    /// session timeout (run every heartbeat interval by the apply task).
+    async fn fence_silent_brokers(&self, shard: &Rc<Shard>) {
+        let Some(r) = &self.raft else { return };
+        if !r.group.is_leader() {
+            return;
+        }
+        self.reset_heard_on_new_term(r);
+        let me = r.cluster.node_id.0 as i32;
+        r.heard.borrow_mut().insert(me, Instant::now());
+        let silent: Vec<i32> = {
+            let heard = r.heard.borrow();
+            self.image()
+                .brokers
+                .iter()
+                .filter(|(id, b)| {
+                    !b.fenced
+                        && heard
+                            .get(*id)
+                            .is_none_or(|t| t.elapsed() > r.session_timeout)
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        if silent.is_empty() {
+            return;
+        }
+        let _one = self.one_change.acquire(1).await;
+        let records: Vec<MetadataRecord> = silent
+            .iter()
+            .map(|n| MetadataRecord::BrokerFenced { node_id: *n })
+            .collect();
+        match self.commit(shard, records).await {
+            Ok(()) => tracing::info!(brokers = ?silent, "fenced brokers not heard from"),
+            Err(e) => tracing::debug!(error = %e.message, "fencing brokers"),
         }
     }
 
@@ -811,6 +962,17 @@ pub async fn serve_forwarded(shard: &Rc<Shard>, payload: &[u8]) -> Vec<u8> {
                                 .await
                                 .map(|r| (r.start, r.end)),
                         ))
+                    }
+                    ControllerOp::RegisterBroker {
+                        node_id,
+                        host,
+                        port,
+                        rpc,
+                    } => ReplyBody::Unit(wire(
+                        c.register_broker(shard, node_id, host, port, rpc).await,
+                    )),
+                    ControllerOp::BrokerHeartbeat { node_id } => {
+                        ReplyBody::Unit(wire(c.broker_heartbeat(shard, node_id).await))
                     }
                     ControllerOp::AllocateProducerIds { count } => ReplyBody::Ids(Err(
                         KafkaError::new(ResponseError::InvalidRequest, format!("count {count}"))

@@ -46,6 +46,19 @@ impl PartitionMeta {
     }
 }
 
+/// A registered broker (cluster mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerMeta {
+    /// Host Kafka clients use.
+    pub host: String,
+    /// Port Kafka clients use.
+    pub port: u16,
+    /// Broker-to-broker address.
+    pub rpc: String,
+    /// Not heard from by the active controller within the session timeout.
+    pub fenced: bool,
+}
+
 /// A topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicMeta {
@@ -93,6 +106,8 @@ pub struct MetadataImage {
     pub groups: HashMap<u64, (String, i32)>,
     /// First Raft group id not yet used (partition groups start at 1; 0 is the metadata log's).
     pub next_group: u64,
+    /// Registered brokers by node id (cluster mode), with their liveness.
+    pub brokers: BTreeMap<i32, BrokerMeta>,
 }
 
 impl MetadataImage {
@@ -148,6 +163,32 @@ impl MetadataImage {
             }
             MetadataRecord::ProducerIdsAllocated { end } => {
                 next.next_producer_id = next.next_producer_id.max(*end);
+            }
+            MetadataRecord::BrokerRegistered {
+                node_id,
+                host,
+                port,
+                rpc,
+            } => {
+                next.brokers.insert(
+                    *node_id,
+                    BrokerMeta {
+                        host: host.clone(),
+                        port: *port,
+                        rpc: rpc.clone(),
+                        fenced: false,
+                    },
+                );
+            }
+            MetadataRecord::BrokerFenced { node_id } => {
+                if let Some(b) = next.brokers.get_mut(node_id) {
+                    b.fenced = true;
+                }
+            }
+            MetadataRecord::BrokerUnfenced { node_id } => {
+                if let Some(b) = next.brokers.get_mut(node_id) {
+                    b.fenced = false;
+                }
             }
         }
         if let MetadataRecord::TopicCreated { name, .. }

@@ -202,6 +202,7 @@ async fn shard_main(
         *shard.controller.borrow_mut() = Some(c.clone());
         if shard.config.cluster.is_some() {
             glommio::spawn_local(c.clone().run_apply(shard.clone())).detach();
+            glommio::spawn_local(crate::cluster::register_and_heartbeat(shard.clone())).detach();
         } else {
             controller::broadcast(&shard, c.image()).await;
         }
@@ -218,6 +219,17 @@ async fn shard_main(
         }
         glommio::timer::sleep(Duration::from_millis(5)).await;
         waited_ms += 5;
+    }
+    // A cluster broker serves once the metadata log has it registered and live, so the
+    // brokers it lists to clients include itself and the controller.
+    if let Some(c) = &shard.config.cluster {
+        let me = c.node_id.0 as i32;
+        while !shard.image().brokers.get(&me).is_some_and(|b| !b.fenced) {
+            if STOPPING.load(Ordering::Relaxed) {
+                return Err("stopped before this broker was registered".into());
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
     }
     let housekeeping = spawn_housekeeping(shard.clone())?;
     let listener = crate::kafka::listener::Listener::bind(&shard)?;

@@ -97,18 +97,19 @@ pub async fn find_coordinator(
     let one = |key: &str| -> Coordinator {
         let located = match (&ready, &leaders, &shard.peers) {
             (Ok(_), None, _) => Ok((shard.config.node_id, host.clone(), port)),
-            (Ok(n), Some(leaders), Some(peers)) => {
+            (Ok(n), Some(leaders), Some(_)) => {
                 let p = groups::partition_for(key, *n);
                 match leaders.get(&(groups::OFFSETS_TOPIC.to_string(), p)) {
                     Some((l, _)) if *l as i32 == shard.config.node_id => {
                         Ok((shard.config.node_id, host.clone(), port))
                     }
                     Some((l, _)) if *l != 0 => {
-                        match peers.kafka_addr(ringlog_raft::types::NodeId(*l)) {
-                            Some((h, pt)) => Ok((*l as i32, h, pt)),
+                        let img = shard.image();
+                        match img.brokers.get(&(*l as i32)).filter(|b| !b.fenced) {
+                            Some(b) => Ok((*l as i32, b.host.clone(), b.port)),
                             None => Err(crate::kafka::errors::KafkaError::new(
                                 kafka_protocol::error::ResponseError::CoordinatorNotAvailable,
-                                format!("coordinator {l} has not said hello yet"),
+                                format!("coordinator {l} is not a live registered broker"),
                             )),
                         }
                     }

@@ -105,20 +105,21 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
         .with_port(*port as i32)];
     let mut controller = node;
     let mut topics = topics;
-    if let Some(peers) = &shard.peers {
-        let alive = peers.alive(std::time::Duration::from_millis(
-            crate::cluster::PEER_ALIVE_MS,
-        ));
-        for (n, (h, p)) in &alive {
+    if shard.config.cluster.is_some() {
+        // The live brokers are the registered ones the active controller has not fenced.
+        let mut up: Vec<i32> = vec![node.0];
+        for (id, b) in &img.brokers {
+            if b.fenced || *id == node.0 {
+                continue;
+            }
+            up.push(*id);
             brokers.push(
                 MetadataResponseBroker::default()
-                    .with_node_id(BrokerId(n.0 as i32))
-                    .with_host(StrBytes::from_string(h.clone()))
-                    .with_port(*p as i32),
+                    .with_node_id(BrokerId(*id))
+                    .with_host(StrBytes::from_string(b.host.clone()))
+                    .with_port(b.port as i32),
             );
         }
-        let mut up: Vec<i32> = alive.iter().map(|(n, _)| n.0 as i32).collect();
-        up.push(node.0);
         controller = BrokerId(
             shard
                 .invoke_on(crate::shard::ShardId(0), |s| async move {
