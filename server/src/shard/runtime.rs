@@ -224,7 +224,7 @@ async fn shard_main(
     // brokers it lists to clients include itself and the controller.
     if let Some(c) = &shard.config.cluster {
         let me = c.node_id.0 as i32;
-        while !shard.image().brokers.get(&me).is_some_and(|b| !b.fenced) {
+        while shard.image().brokers.get(&me).is_none_or(|b| b.fenced) {
             if STOPPING.load(Ordering::Relaxed) {
                 return Err("stopped before this broker was registered".into());
             }
