@@ -112,6 +112,8 @@ struct Run {
 
 struct Write {
     number: u64,
+    /// A snapshot to install first: (index, term). The log then starts after `index`.
+    snapshot: Option<(u64, u64)>,
     truncate_from: Option<u64>,
     runs: Vec<Run>,
     hs: Option<HardState>,
@@ -147,6 +149,10 @@ pub struct StoreStats {
     pub cold_reads: u64,
     /// Suffix truncations of the log (a new leader overwrote an uncommitted tail).
     pub truncations: u64,
+    /// Snapshots sent to followers behind this log's start.
+    pub snapshots_sent: u64,
+    /// Snapshots installed (this replica was behind the leader's log start).
+    pub snapshots_installed: u64,
 }
 
 struct Inner {
@@ -277,11 +283,32 @@ impl LogStore {
         if n > 0 {
             let mut hs_to_save = None;
             for k in 0..n {
-                let (truncate_from, runs, hs, number) = {
+                let (snapshot, truncate_from, runs, hs, number) = {
                     let st = self.inner.st.borrow();
                     let w = &st.queue[k];
-                    (w.truncate_from, w.runs.clone(), w.hs.clone(), w.number)
+                    (
+                        w.snapshot,
+                        w.truncate_from,
+                        w.runs.clone(),
+                        w.hs.clone(),
+                        w.number,
+                    )
                 };
+                if let Some((index, term)) = snapshot {
+                    // Raft keeps nothing of this log but what follows the snapshot: the log
+                    // restarts after `index` (a follower behind the leader's retention).
+                    let start = offset_of(RaftIndex(index + 1));
+                    if log.end_offset() > start && log.start_offset() <= start {
+                        log.truncate_suffix(start).await?;
+                    }
+                    let t = i32::try_from(term).map_err(|_| {
+                        LogStoreError::Invariant(format!("snapshot term {term} out of range"))
+                    })?;
+                    log.truncate_prefix_to(start, Some(Term(t))).await?;
+                    hs_to_save.get_or_insert_with(|| self.inner.st.borrow().hs.clone());
+                    self.inner.st.borrow_mut().saved_term_vote = (u64::MAX, u64::MAX);
+                    self.inner.st.borrow_mut().stats.snapshots_installed += 1;
+                }
                 if let Some(f) = truncate_from {
                     if log.end_offset() > offset_of(RaftIndex(f)) {
                         let end = log.truncate_suffix(offset_of(RaftIndex(f))).await?;
@@ -450,7 +477,13 @@ impl LogStore {
         let log = &self.inner.log;
         let first = index_of(log.start_offset()).0;
         if i < first {
-            // The entry before the first is a snapshot's; snapshots are not built yet.
+            // The entry just before the first is the snapshot's: its term is recorded with
+            // the log start.
+            if i + 1 == first {
+                if let Some(t) = log.term_before_start() {
+                    return Ok(t.0 as u64);
+                }
+            }
             return Err(raft::Error::Store(RaftStorageError::Compacted));
         }
         log.term_at(offset_of(RaftIndex(i)))
@@ -577,11 +610,35 @@ impl Storage for LogStore {
         Ok(self.inner.st.borrow().last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Segment transfer for followers behind the leader's retention is not built yet.
-        Err(raft::Error::Store(
-            RaftStorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// A follower behind this log's start (retention deleted what it needs) gets a snapshot
+    /// at the log start: it carries no data, because what precedes the start is gone on every
+    /// replica by the same retention; the follower's log restarts there and catches up by
+    /// normal appends. (Kafka followers do the same: they truncate to the leader's log start.)
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let log = &self.inner.log;
+        let start = log.start_offset();
+        let term = match log.term_before_start() {
+            Some(t) if start.0 > 0 => t.0 as u64,
+            _ => {
+                return Err(raft::Error::Store(
+                    RaftStorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        };
+        let index = index_of(start).0 - 1;
+        if index < request_index {
+            return Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut st = self.inner.st.borrow_mut();
+        st.stats.snapshots_sent += 1;
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(st.conf.clone());
+        Ok(snap)
     }
 }
 
@@ -593,18 +650,21 @@ impl Durable for LogStore {
         entries: &[Entry],
         hs: Option<&HardState>,
     ) -> Result<(), ReplicaError> {
-        if snapshot.is_some() {
-            return Err(ReplicaError::Persist(
-                "snapshots are not supported by the partition log yet".into(),
-            ));
-        }
         let mut w = Write {
             number,
+            snapshot: None,
             truncate_from: None,
             runs: Vec::new(),
             hs: hs.cloned(),
         };
         let mut st = self.inner.st.borrow_mut();
+        if let Some(s) = snapshot {
+            let m = s.get_metadata();
+            w.snapshot = Some((m.index, m.term));
+            st.view.clear();
+            st.view_from = m.index + 1;
+            st.conf = m.get_conf_state().clone();
+        }
         for e in entries {
             let last = st.last_index();
             if e.index <= last {

@@ -91,6 +91,10 @@ pub struct Flags {
     /// every 2).
     #[arg(long)]
     pub raft_tick_ms: Option<u64>,
+    /// How often each core runs housekeeping (segment roll by age, retention, compaction);
+    /// Kafka's `log.retention.check.interval.ms`.
+    #[arg(long)]
+    pub housekeeping_interval_ms: Option<u64>,
 }
 
 /// The same settings as read from the TOML file.
@@ -117,6 +121,7 @@ struct FileConfig {
     peers: Option<String>,
     controller_voters: Option<usize>,
     raft_tick_ms: Option<u64>,
+    housekeeping_interval_ms: Option<u64>,
 }
 
 /// Which cores to run on.
@@ -272,7 +277,16 @@ impl Config {
                 .unwrap_or(7 * 24 * 60),
         };
         groups.validate()?;
-        let limits = Limits::default();
+        let mut limits = Limits::default();
+        if let Some(ms) = flags
+            .housekeeping_interval_ms
+            .or(file.housekeeping_interval_ms)
+        {
+            if ms == 0 {
+                return Err("housekeeping_interval_ms must be at least 1".into());
+            }
+            limits.housekeeping_interval_ms = ms;
+        }
         let node_id = flags.node_id.or(file.node_id).unwrap_or(1);
         let cluster = match flags.peers.or(file.peers) {
             Some(peers) => Some(crate::cluster::ClusterConfig::resolve(

@@ -79,6 +79,9 @@ pub(crate) struct State {
     pub(crate) unwritten: VecDeque<(Offset, Offset, Bytes)>,
     /// (term, first offset) for each term in the log, in order.
     pub(crate) terms: Vec<(Term, Offset)>,
+    /// The term of the entry just before `start_offset` (what a Raft snapshot at the log start
+    /// needs), when known: recorded by prefix truncation.
+    pub(crate) prev_term: Option<Term>,
     /// Terms recorded in the `terms` checkpoint before their first batch was appended.
     pub(crate) known_terms: Vec<Term>,
     pub(crate) frozen: bool,
@@ -201,6 +204,12 @@ impl Log {
         }
         let last = st.next_offset.plus(-1);
         st.terms.last().map(|(t, _)| (last, *t))
+    }
+
+    /// The term of the batch just before the start offset (gone from the log), when a prefix
+    /// truncation recorded it; `None` for a log that starts at 0 or whose start predates it.
+    pub fn term_before_start(&self) -> Option<Term> {
+        self.state.borrow().prev_term
     }
 
     /// The terms of the log: (term, first offset), in order (Kafka's leader epoch cache).

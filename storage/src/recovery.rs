@@ -60,9 +60,18 @@ pub(crate) async fn open(
     }
     bases.sort();
     probe_device(dir).await?;
-    let checkpoint = match file::read_checked(&dir.join(START_OFFSET_FILE)).await? {
-        Some(b) if b.len() == 8 => Some(Offset(i64::from_be_bytes(b[..8].try_into().expect("8")))),
-        _ => None,
+    // The start offset checkpoint: `i64 BE start offset`, then (since Raft) `i32 BE term of
+    // the entry before it` (-1: unknown). An 8-byte checkpoint predates the term.
+    let (checkpoint, prev_term) = match file::read_checked(&dir.join(START_OFFSET_FILE)).await? {
+        Some(b) if b.len() == 8 || b.len() == 12 => {
+            let o = Offset(i64::from_be_bytes(b[..8].try_into().expect("8")));
+            let t = (b.len() == 12)
+                .then(|| i32::from_be_bytes(b[8..12].try_into().expect("4")))
+                .filter(|t| *t >= 0)
+                .map(Term);
+            (Some(o), t)
+        }
+        _ => (None, None),
     };
     let known_terms: Option<Vec<Term>> = file::read_checked(&dir.join(TERMS_FILE))
         .await?
@@ -183,6 +192,7 @@ pub(crate) async fn open(
             flushed_end: next_offset,
             unwritten: VecDeque::new(),
             terms,
+            prev_term,
             known_terms: known_terms.clone().unwrap_or_default(),
             frozen: false,
             failed: false,
@@ -193,7 +203,7 @@ pub(crate) async fn open(
     };
     if start_offset > first_base {
         // Finishes a prefix truncation that was interrupted after its checkpoint was written.
-        log.truncate_prefix(start_offset).await?;
+        log.truncate_prefix_to(start_offset, prev_term).await?;
     }
     tracing::debug!(dir = %dir.display(), start = %log.start_offset(), end = %next_offset, "opened log");
     Ok(log)

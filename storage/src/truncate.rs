@@ -226,6 +226,26 @@ impl Log {
     /// below it. Offsets below it are no longer readable. A `new_start` past the end empties
     /// the log and continues it at `new_start` (a Raft snapshot that is ahead of this log).
     pub async fn truncate_prefix(&self, new_start: Offset) -> Result<()> {
+        let prev = {
+            let st = self.state.borrow();
+            let before = new_start.plus(-1);
+            if before >= st.start_offset && before < st.next_offset {
+                let i = st.terms.partition_point(|(_, s)| *s <= before);
+                (i > 0).then(|| st.terms[i - 1].0)
+            } else {
+                None
+            }
+        };
+        self.truncate_prefix_to(new_start, prev).await
+    }
+
+    /// [`Log::truncate_prefix`] with the term of the entry before `new_start` given (a Raft
+    /// snapshot installed past the end of this log knows it; the log does not).
+    pub async fn truncate_prefix_to(
+        &self,
+        new_start: Offset,
+        prev_term: Option<Term>,
+    ) -> Result<()> {
         let _sync = self.sync_lock.acquire(1).await;
         {
             let st = self.state.borrow();
@@ -237,17 +257,19 @@ impl Log {
             }
         }
         self.state.borrow_mut().frozen = true;
-        let r = self.truncate_prefix_locked(new_start).await;
+        let r = self.truncate_prefix_locked(new_start, prev_term).await;
         self.state.borrow_mut().frozen = false;
         r.map_err(|e| self.fail(e))
     }
 
-    async fn truncate_prefix_locked(&self, new_start: Offset) -> Result<()> {
-        file::write_checked(
-            &self.dir.join(START_OFFSET_FILE),
-            &new_start.0.to_be_bytes(),
-        )
-        .await?;
+    async fn truncate_prefix_locked(
+        &self,
+        new_start: Offset,
+        prev_term: Option<Term>,
+    ) -> Result<()> {
+        let mut checkpoint = new_start.0.to_be_bytes().to_vec();
+        checkpoint.extend_from_slice(&prev_term.map_or(-1, |t| t.0).to_be_bytes());
+        file::write_checked(&self.dir.join(START_OFFSET_FILE), &checkpoint).await?;
         file::sync_dir(&self.dir).await?;
         let past_end = new_start > self.state.borrow().next_offset;
         if past_end {
@@ -272,6 +294,7 @@ impl Log {
             .remove_range(self.cache_id, Offset(i64::MIN), new_start);
         let mut st = self.state.borrow_mut();
         st.start_offset = new_start;
+        st.prev_term = prev_term;
         let i = st.terms.partition_point(|(_, s)| *s <= new_start);
         if i > 0 {
             let t: Term = st.terms[i - 1].0;

@@ -120,3 +120,56 @@ fn offset_for_timestamp_finds_first_record_at_or_after() {
         assert_eq!(at(5_000).await.expect("lookup"), None);
     });
 }
+
+#[test]
+fn prefix_truncation_remembers_the_term_before_the_new_start() {
+    let dir = tempfile::tempdir_in("/tmp").expect("tempdir");
+    let path = dir.path().to_path_buf();
+    common::run_local(move || async move {
+        let log = open_small(&path).await;
+        assert_eq!(log.term_before_start(), None);
+        // Offsets 0..=9 in term 1, 10..=19 in term 2.
+        for i in 0..2 {
+            log.append(common::batch(5, i, 10), Term(1))
+                .await
+                .expect("append");
+        }
+        for i in 2..4 {
+            log.append(common::batch(5, i, 10), Term(2))
+                .await
+                .expect("append");
+        }
+        log.flush().await.expect("flush");
+        log.truncate_prefix(Offset(10)).await.expect("prefix");
+        assert_eq!(log.term_before_start(), Some(Term(1)));
+        log.close().await.expect("close");
+        let log = open_small(&path).await;
+        assert_eq!(log.start_offset(), Offset(10));
+        assert_eq!(
+            log.term_before_start(),
+            Some(Term(1)),
+            "persisted with the start"
+        );
+        // A Raft snapshot past the end: the log restarts there with the term it was given.
+        log.truncate_prefix_to(Offset(100), Some(Term(5)))
+            .await
+            .expect("reset");
+        assert_eq!(
+            (log.start_offset(), log.end_offset()),
+            (Offset(100), Offset(100))
+        );
+        assert_eq!(log.term_before_start(), Some(Term(5)));
+        log.append(common::batch(3, 9, 10), Term(6))
+            .await
+            .expect("append");
+        log.flush().await.expect("flush");
+        log.close().await.expect("close");
+        let log = open_small(&path).await;
+        assert_eq!(
+            (log.start_offset(), log.end_offset()),
+            (Offset(100), Offset(103))
+        );
+        assert_eq!(log.term_before_start(), Some(Term(5)));
+        log.close().await.expect("close");
+    });
+}

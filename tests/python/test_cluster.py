@@ -29,7 +29,7 @@ NOT_LEADER_OR_FOLLOWER = 6
 class Cluster:
     """Three brokers started together (each waits for the controller quorum)."""
 
-    def __init__(self, broker, tmp_path: Path, n: int = 3, tick_ms: int = 50):
+    def __init__(self, broker, tmp_path: Path, n: int = 3, tick_ms: int = 50, extra=()):
         self.brokers = [broker(start=False) for _ in range(n)]
         rpc = [free_port() for _ in range(n)]
         peers = ",".join(f"{i + 1}@127.0.0.1:{rpc[i]}" for i in range(n))
@@ -44,6 +44,7 @@ class Cluster:
                 "--rpc-addr", f"127.0.0.1:{rpc[i]}",
                 "--peers", peers,
                 "--raft-tick-ms", str(tick_ms),
+                *extra,
             ]
         for b in self.brokers:
             b.launch()
@@ -486,3 +487,60 @@ def test_replication_factor_1_partitions_reachable_from_any_broker(broker, tmp_p
     got = consume_all(c, "single", 3)
     for part in range(3):
         assert [s for (s, _o) in got[part]] == list(range(100)), part
+
+
+@pytest.mark.persistence
+@pytest.mark.timeout(240, method="signal")
+def test_follower_behind_retention_catches_up_from_the_leaders_log_start(broker, tmp_path):
+    """A follower that was down while retention deleted the segments it lacks gets a snapshot
+    at the leader's log start (no data: what precedes it is gone everywhere) and catches up
+    from there; its log then matches the leader's byte for byte."""
+    c = Cluster(broker, tmp_path, extra=("--housekeeping-interval-ms", "300"))
+    topic = "ret"
+    leaders = c.create_topic(topic, 1, config={"segment.bytes": "65536",
+                                                "retention.bytes": "131072"})
+    leader = leaders[0]
+    follower = next(n for n in (1, 2, 3) if n != leader)
+    c.node(follower).stop()
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    live = [n for n in (1, 2, 3) if n != follower]
+    conf = {"bootstrap.servers": ",".join(c.node(n).bootstrap for n in live),
+            "broker.address.family": "v4"}
+    p = Producer(dict(conf, acks="all", **{"linger.ms": 5}))
+    for i in range(3000):
+        p.produce(topic, value=b"x" * 1000, partition=0)
+        if i % 500 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+    cons = Consumer(dict(conf, **{"group.id": "ret-check"}))
+    deadline = time.monotonic() + 30
+    low = 0
+    while time.monotonic() < deadline:
+        low, high = cons.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        if low > 0:
+            break
+        time.sleep(0.3)
+    cons.close()
+    assert low > 0, "retention deleted nothing on the leader"
+
+    c.node(follower).start(60)
+    for i in range(200):
+        p.produce(topic, value=b"y" * 1000, partition=0)
+    assert p.flush(60) == 0
+    time.sleep(4)
+    for b in c.brokers:
+        b.stop()
+    lead_log = log_batches(c.node(leader).data_dir / f"{topic}-0")
+    fol_log = log_batches(c.node(follower).data_dir / f"{topic}-0")
+    assert fol_log, "the follower holds nothing"
+    first = struct.unpack_from(">q", fol_log[0], 0)[0]
+    assert first >= low - 3000, first
+    assert first > 0, "the follower did not restart at the leader's log start"
+    by_base = {struct.unpack_from(">q", b, 0)[0]: b for b in lead_log}
+    common = [b for b in fol_log if struct.unpack_from(">q", b, 0)[0] in by_base]
+    assert len(common) >= len(fol_log) - 1, "the follower holds batches the leader does not"
+    for b in common:
+        assert by_base[struct.unpack_from(">q", b, 0)[0]] == b, "a batch differs"
+    assert fol_log[-1] == lead_log[-1], "the follower did not reach the leader's end"

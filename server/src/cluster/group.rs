@@ -195,6 +195,11 @@ impl RaftGroup {
         }
         self.leader.set(leader);
         self.term.set(term.0);
+        // A replica that installed a snapshot starts at the leader's log start.
+        let start = self.store.log().start_offset();
+        if start > self.hw.get() {
+            self.hw.set(start);
+        }
         match self.store.run_end_at_or_below(commit) {
             Some(end) => self.raise_hw(Offset(end.0 as i64)),
             None if Offset(commit.0 as i64) > self.hw.get() && !self.probing.replace(true) => {
