@@ -48,6 +48,10 @@ pub struct RaftGroup {
     leader: Cell<u64>,
     term: Cell<u64>,
     worker: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    /// This replica became leader in this term and has not yet had the controller record it.
+    report_term: Cell<Option<u64>>,
+    /// A report to the controller is in flight.
+    reporting: Cell<bool>,
     /// A disk read is finding the batch boundary under the commit index (it was not in
     /// memory, e.g. just after a restart).
     probing: Cell<bool>,
@@ -99,6 +103,8 @@ impl RaftGroup {
             term: Cell::new(0),
             worker: RefCell::new(None),
             probing: Cell::new(false),
+            report_term: Cell::new(None),
+            reporting: Cell::new(false),
             me: RefCell::new(Weak::new()),
         });
         *g.me.borrow_mut() = Rc::downgrade(&g);
@@ -193,6 +199,9 @@ impl RaftGroup {
         if leader != self.leader.get() {
             tracing::info!(group = %self.name, leader, term = term.0, "raft leader changed");
         }
+        if leader == self.transport.me().0 && term.0 != self.term.get() {
+            self.report_term.set(Some(term.0));
+        }
         self.leader.set(leader);
         self.term.set(term.0);
         // A replica that installed a snapshot starts at the leader's log start.
@@ -239,6 +248,51 @@ impl RaftGroup {
                     g.raise_hw(end);
                     g.changed.notify();
                 }
+            }
+        })
+        .detach();
+    }
+
+    /// Has the controller record this replica's leadership, if it leads in a term not yet
+    /// reported (run by the core's ticker; retried on the next tick after a failure).
+    pub fn report_leadership(&self, shard: &Rc<crate::shard::Shard>) {
+        let Some(term) = self.report_term.get() else {
+            return;
+        };
+        if self.reporting.get() || self.id == super::METADATA_GROUP {
+            return;
+        }
+        if !self.is_leader() || self.term.get() != term {
+            self.report_term.set(None);
+            return;
+        }
+        self.reporting.set(true);
+        let (weak, shard) = (self.me.borrow().clone(), shard.clone());
+        let (group, leader) = (self.id.0, self.transport.me().0 as i32);
+        let epoch = i32::try_from(term).unwrap_or(i32::MAX);
+        glommio::spawn_local(async move {
+            let r = shard
+                .invoke_on(crate::shard::ShardId(0), move |s| async move {
+                    let c = s.controller.borrow().clone();
+                    match c {
+                        Some(c) => c
+                            .report_leader(&s, group, leader, epoch)
+                            .await
+                            .map_err(|e| e.message),
+                        None => Err("no controller".to_string()),
+                    }
+                })
+                .await;
+            let Some(g) = weak.upgrade() else { return };
+            g.reporting.set(false);
+            match r {
+                Ok(Ok(())) => {
+                    if g.report_term.get() == Some(term) {
+                        g.report_term.set(None);
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(group = %g.name, error = %e, "reporting leadership"),
+                Err(e) => tracing::debug!(group = %g.name, error = %e, "reporting leadership"),
             }
         })
         .detach();

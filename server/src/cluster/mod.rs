@@ -6,7 +6,8 @@
 //!   (`ringlog_raft::log_store`), its store worker, ticks, and the high watermark it implies;
 //! - [`rpc`]: the broker-to-broker TCP transport (Raft envelopes, forwarded controller
 //!   requests, hellos that carry each broker's Kafka address);
-//! - [`peers`]: the partition leaders other brokers announce;
+//! - partition leaders report their elections to the controller, which records them in the
+//!   metadata log (brokers name leaders of partitions they do not host from it);
 //! - brokers register with the active controller and heartbeat to it
 //!   ([`register_and_heartbeat`]); the controller fences the silent ones in the metadata log.
 //!
@@ -16,7 +17,6 @@
 //! runs and the broker is the single node of the earlier issues, data intact.
 
 pub mod group;
-pub mod peers;
 pub mod rpc;
 
 use std::collections::BTreeMap;
@@ -35,7 +35,7 @@ pub const ELECTION_TICKS: usize = 10;
 pub const HEARTBEAT_TICKS: usize = 2;
 
 /// Leader and epoch of every replicated partition: from each core's groups for the partitions
-/// this broker holds, from the leaders' announcements for the others:
+/// this broker holds, from the metadata log's leader records for the others:
 /// `(topic, partition) -> (leader node id or 0, leader epoch)`.
 pub async fn partition_leaders(
     shard: &std::rc::Rc<crate::shard::Shard>,
@@ -61,16 +61,14 @@ pub async fn partition_leaders(
             out.extend(v);
         }
     }
-    // Partitions this broker does not host: what their leaders announced.
-    if let Some(peers) = &shard.peers {
-        let img = shard.image();
-        for t in img.topics.values() {
-            for (i, p) in t.partitions.iter().enumerate() {
-                let key = (t.name.clone(), i as i32);
-                if p.is_replicated() && !out.contains_key(&key) {
-                    if let Some((l, term)) = peers.leader_hint(p.group) {
-                        out.insert(key, (l, i32::try_from(term).unwrap_or(i32::MAX)));
-                    }
+    // Partitions this broker does not host: the leaders recorded in the metadata log.
+    let img = shard.image();
+    for t in img.topics.values() {
+        for (i, p) in t.partitions.iter().enumerate() {
+            let key = (t.name.clone(), i as i32);
+            if p.is_replicated() && !out.contains_key(&key) {
+                if let Some((l, epoch)) = img.leaders.get(&p.group) {
+                    out.insert(key, (*l as u64, *epoch));
                 }
             }
         }

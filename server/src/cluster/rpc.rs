@@ -10,9 +10,7 @@
 //!
 //! Frame: `u32 BE length` (of what follows), `u8 kind`, body. Bodies: a hello is JSON
 //! (`node_id`, Kafka host and port); a Raft envelope is `ringlog_raft::transport`'s
-//! flatbuffers; a request or response is `u64 BE id` then a JSON payload; a ping is empty; a
-//! leaders frame is JSON `[(group, leader, term)]` of the groups the sender leads (sent every
-//! [`LEADERS_INTERVAL_MS`], so brokers can name the leaders of partitions they do not host).
+//! flatbuffers; a request or response is `u64 BE id` then a JSON payload; a ping is empty.
 //!
 //! Fault injection (tests): when `RINGLOG_FAULT_ISOLATE_FILE` names a file, each core re-reads
 //! it every 100 ms; the node ids it lists (comma-separated) are cut off: nothing is sent to
@@ -28,7 +26,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,7 +35,6 @@ use ringlog_raft::transport::{self, TransportLimits};
 use ringlog_raft::types::{GroupId, NodeId};
 use serde::{Deserialize, Serialize};
 
-use super::peers::PeerTable;
 use crate::config::Config;
 use crate::notify::Notify;
 use crate::shard::{Shard, ShardId};
@@ -48,7 +44,6 @@ const KIND_RAFT: u8 = 2;
 const KIND_REQUEST: u8 = 3;
 const KIND_RESPONSE: u8 = 4;
 const KIND_PING: u8 = 5;
-const KIND_LEADERS: u8 = 6;
 
 /// Raft messages per envelope (an envelope also stays under the transport's byte limit because
 /// raft-rs bounds each message at 1 MiB).
@@ -56,9 +51,6 @@ const MESSAGES_PER_ENVELOPE_MAX: usize = 4096;
 
 /// Idle time after which a link sends a ping (liveness for Metadata's broker list).
 const PING_INTERVAL_MS: u64 = 500;
-
-/// How often each core announces the groups it leads to every peer.
-pub const LEADERS_INTERVAL_MS: u64 = 500;
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT_MS: u64 = 1000;
@@ -240,21 +232,6 @@ impl Transport {
         r
     }
 
-    /// Sends every peer the groups this core leads: `(group, leader, term)`.
-    pub fn announce_leaders(&self, leading: &[(u64, u64, u64)]) {
-        let Ok(body) = serde_json::to_vec(leading) else {
-            return;
-        };
-        let f = frame(KIND_LEADERS, &[&body]);
-        for (node, link) in &self.links {
-            if self.is_isolated(*node) || link.requests.borrow().len() >= self.requests_queue_max {
-                continue;
-            }
-            link.requests.borrow_mut().push_back(f.clone());
-            link.work.notify();
-        }
-    }
-
     /// Raft messages dropped on full queues, per peer.
     pub fn dropped(&self) -> Vec<(NodeId, u64)> {
         self.links
@@ -394,7 +371,7 @@ async fn run_link(link: Rc<Link>, hello: Vec<u8>, frame_max: usize, from: NodeId
 }
 
 /// Accepts inbound RPC connections (core 0) until the task is dropped.
-pub async fn serve(shard: Rc<Shard>, listener: TcpListener, peers: Arc<PeerTable>) {
+pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -405,11 +382,11 @@ pub async fn serve(shard: Rc<Shard>, listener: TcpListener, peers: Arc<PeerTable
             }
         };
         let _ = stream.set_nodelay(true);
-        glommio::spawn_local(serve_conn(shard.clone(), stream, peers.clone())).detach();
+        glommio::spawn_local(serve_conn(shard.clone(), stream)).detach();
     }
 }
 
-async fn serve_conn(shard: Rc<Shard>, stream: TcpStream, peers: Arc<PeerTable>) {
+async fn serve_conn(shard: Rc<Shard>, stream: TcpStream) {
     let max = shard.config.limits.rpc_frame_bytes_max;
     let limits = TransportLimits {
         envelope_bytes_max: max,
@@ -465,11 +442,6 @@ async fn serve_conn(shard: Rc<Shard>, stream: TcpStream, peers: Arc<PeerTable>) 
                 .detach();
             }
             KIND_PING => {}
-            KIND_LEADERS => {
-                if let Ok(hints) = serde_json::from_slice::<Vec<(u64, u64, u64)>>(&body) {
-                    peers.leader_hints(&hints);
-                }
-            }
             other => {
                 tracing::warn!(kind = other, "unknown rpc frame kind; closing");
                 break;

@@ -116,6 +116,11 @@ enum ControllerOp {
     BrokerHeartbeat {
         node_id: i32,
     },
+    LeaderChanged {
+        group: u64,
+        leader: i32,
+        epoch: i32,
+    },
 }
 
 /// A Kafka error on the wire between brokers.
@@ -374,6 +379,45 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// A partition leader reports its election (once per term). Written unless the log
+    /// already has this or a later epoch for the group.
+    pub async fn report_leader(
+        &self,
+        shard: &Rc<Shard>,
+        group: u64,
+        leader: i32,
+        epoch: i32,
+    ) -> Result<(), KafkaError> {
+        if let Some(to) = self.route()? {
+            let op = ControllerOp::LeaderChanged {
+                group,
+                leader,
+                epoch,
+            };
+            return match self.forward(shard, to, op).await? {
+                ReplyBody::Unit(r) => unwire(r),
+                _ => Err(unexpected_reply()),
+            };
+        }
+        let stale = |img: &MetadataImage| {
+            !img.groups.contains_key(&group)
+                || img.leaders.get(&group).is_some_and(|(_, e)| *e >= epoch)
+        };
+        if stale(&self.image()) {
+            return Ok(());
+        }
+        let _one = self.one_change.acquire(1).await;
+        if stale(&self.image()) {
+            return Ok(());
+        }
+        let rec = MetadataRecord::PartitionLeaderChanged {
+            group,
+            leader,
+            epoch,
+        };
+        self.commit(shard, vec![rec]).await
     }
 
     fn heard_now(&self, node_id: i32) {
@@ -974,6 +1018,11 @@ pub async fn serve_forwarded(shard: &Rc<Shard>, payload: &[u8]) -> Vec<u8> {
                     ControllerOp::BrokerHeartbeat { node_id } => {
                         ReplyBody::Unit(wire(c.broker_heartbeat(shard, node_id).await))
                     }
+                    ControllerOp::LeaderChanged {
+                        group,
+                        leader,
+                        epoch,
+                    } => ReplyBody::Unit(wire(c.report_leader(shard, group, leader, epoch).await)),
                     ControllerOp::AllocateProducerIds { count } => ReplyBody::Ids(Err(
                         KafkaError::new(ResponseError::InvalidRequest, format!("count {count}"))
                             .into(),

@@ -108,6 +108,8 @@ pub struct MetadataImage {
     pub next_group: u64,
     /// Registered brokers by node id (cluster mode), with their liveness.
     pub brokers: BTreeMap<i32, BrokerMeta>,
+    /// The last reported leader and epoch of each partition's Raft group (cluster mode).
+    pub leaders: HashMap<u64, (i32, i32)>,
 }
 
 impl MetadataImage {
@@ -144,6 +146,7 @@ impl MetadataImage {
                     next.ids.remove(&t.id);
                     for p in &t.partitions {
                         next.groups.remove(&p.group);
+                        next.leaders.remove(&p.group);
                     }
                 }
             }
@@ -179,6 +182,18 @@ impl MetadataImage {
                         fenced: false,
                     },
                 );
+            }
+            MetadataRecord::PartitionLeaderChanged {
+                group,
+                leader,
+                epoch,
+            } => {
+                // Reports can arrive late: an older epoch never replaces a newer one.
+                if next.groups.contains_key(group)
+                    && next.leaders.get(group).is_none_or(|(_, e)| *epoch > *e)
+                {
+                    next.leaders.insert(*group, (*leader, *epoch));
+                }
             }
             MetadataRecord::BrokerFenced { node_id } => {
                 if let Some(b) = next.brokers.get_mut(node_id) {

@@ -73,6 +73,15 @@ pub enum MetadataRecord {
         /// Node id.
         node_id: i32,
     },
+    /// A partition's Raft group elected a leader (reported by the leader itself).
+    PartitionLeaderChanged {
+        /// The partition's Raft group.
+        group: u64,
+        /// The leader's node id.
+        leader: i32,
+        /// The Raft term, the partition's leader epoch.
+        epoch: i32,
+    },
     /// A fenced broker is heard from again.
     BrokerUnfenced {
         /// Node id.
@@ -254,6 +263,19 @@ mod fb_codec {
                 let t = fb::BrokerUnfenced::create(&mut b, &args);
                 (fb::Record::BrokerUnfenced, t.as_union_value())
             }
+            MetadataRecord::PartitionLeaderChanged {
+                group,
+                leader,
+                epoch,
+            } => {
+                let args = fb::PartitionLeaderChangedArgs {
+                    group: *group,
+                    leader: *leader,
+                    epoch: *epoch,
+                };
+                let t = fb::PartitionLeaderChanged::create(&mut b, &args);
+                (fb::Record::PartitionLeaderChanged, t.as_union_value())
+            }
         };
         let env = fb::Envelope::create(
             &mut b,
@@ -364,6 +386,14 @@ mod fb_codec {
                     node_id: x.node_id(),
                 }
             }
+            fb::Record::PartitionLeaderChanged => {
+                let x = need(env.record_as_partition_leader_changed(), "its body")?;
+                MetadataRecord::PartitionLeaderChanged {
+                    group: x.group(),
+                    leader: x.leader(),
+                    epoch: x.epoch(),
+                }
+            }
             other => return Err(format!("unknown metadata record type {}", other.0)),
         };
         Ok(r)
@@ -412,6 +442,11 @@ mod tests {
             },
             MetadataRecord::BrokerFenced { node_id: 2 },
             MetadataRecord::BrokerUnfenced { node_id: 2 },
+            MetadataRecord::PartitionLeaderChanged {
+                group: 7,
+                leader: 2,
+                epoch: 4,
+            },
         ]
     }
 

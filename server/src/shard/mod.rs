@@ -81,8 +81,6 @@ pub struct Shard {
         RefCell<HashMap<ringlog_raft::types::GroupId, Rc<crate::cluster::group::RaftGroup>>>,
     /// This core's connections to the other brokers (cluster mode).
     pub transport: Option<Rc<crate::cluster::rpc::Transport>>,
-    /// What this broker knows of the others (cluster mode; shared by all cores).
-    pub peers: Option<Arc<crate::cluster::peers::PeerTable>>,
 }
 
 impl Shard {

@@ -53,10 +53,6 @@ pub fn run(config: Config) -> Result<(), String> {
     install_signal_thread()?;
     let config = Arc::new(config);
     let mesh = Arc::new(Mesh::new(shard_count, config.limits.mesh_queue_depth));
-    let peers = config
-        .cluster
-        .as_ref()
-        .map(|_| Arc::new(crate::cluster::peers::PeerTable::default()));
     tracing::info!(cores = shard_count, addr = %config.kafka_addr, data_dir = %config.data_dir.display(), "starting ringlog");
     let handles = LocalExecutorPoolBuilder::new(placement)
         .io_memory(config.io_memory_bytes)
@@ -65,9 +61,8 @@ pub fn run(config: Config) -> Result<(), String> {
             let config = config.clone();
             let mesh = mesh.clone();
             let advertised = advertised.clone();
-            let peers = peers.clone();
             async move {
-                let r = shard_main(config, mesh, shard_count, advertised, peers).await;
+                let r = shard_main(config, mesh, shard_count, advertised).await;
                 if let Err(e) = &r {
                     // One core failing stops them all (fail-stop), instead of a half-alive broker.
                     tracing::error!(error = %e, "core failed; stopping the broker");
@@ -121,7 +116,6 @@ async fn shard_main(
     mesh: Arc<Mesh>,
     shard_count: usize,
     advertised: (String, u16),
-    peers: Option<Arc<crate::cluster::peers::PeerTable>>,
 ) -> Result<(), String> {
     let (id, senders, inbox) = mesh.join().ok_or("joining the core mesh")?;
     let transport = crate::cluster::rpc::Transport::start(&config, &advertised);
@@ -148,7 +142,6 @@ async fn shard_main(
         connections: Cell::new(0),
         raft_groups: RefCell::new(HashMap::new()),
         transport,
-        peers,
     });
     {
         let shard = shard.clone();
@@ -157,42 +150,27 @@ async fn shard_main(
         glommio::spawn_local(inbox.for_each_concurrent(max, move |job| job(shard.clone())))
             .detach();
     }
-    let rpc = match (&shard.config.cluster, &shard.peers) {
-        (Some(cluster), Some(peers)) if id.0 == 0 => {
+    let rpc = match &shard.config.cluster {
+        Some(cluster) if id.0 == 0 => {
             let l = glommio::net::TcpListener::bind(cluster.rpc_addr)
                 .map_err(|e| format!("binding the rpc address {}: {e}", cluster.rpc_addr))?;
             tracing::info!(addr = %cluster.rpc_addr, node = cluster.node_id.0, "listening for brokers");
             Some(glommio::spawn_local(crate::cluster::rpc::serve(
                 shard.clone(),
                 l,
-                peers.clone(),
             )))
         }
         _ => None,
     };
     let ticker = shard.config.cluster.as_ref().map(|c| {
         let (s, every) = (shard.clone(), Duration::from_millis(c.tick_ms));
-        let announce_every = (crate::cluster::rpc::LEADERS_INTERVAL_MS / c.tick_ms.max(1)).max(1);
         glommio::spawn_local(async move {
-            let mut ticks = 0u64;
             loop {
                 glommio::timer::sleep(every).await;
                 let groups: Vec<_> = s.raft_groups.borrow().values().cloned().collect();
                 for g in &groups {
                     g.tick();
-                }
-                ticks += 1;
-                if ticks % announce_every == 0 {
-                    let leading: Vec<(u64, u64, u64)> = groups
-                        .iter()
-                        .filter(|g| g.is_leader() && g.id != crate::cluster::METADATA_GROUP)
-                        .map(|g| (g.id.0, g.leader(), g.term().0))
-                        .collect();
-                    if let Some(t) = &s.transport {
-                        if !leading.is_empty() {
-                            t.announce_leaders(&leading);
-                        }
-                    }
+                    g.report_leadership(&s);
                 }
             }
         })

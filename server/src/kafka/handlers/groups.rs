@@ -89,13 +89,13 @@ pub async fn find_coordinator(
         ))
     };
     // In a cluster a group's coordinator is the leader of its `__consumer_offsets` partition.
-    let leaders = match (&shard.peers, &ready) {
+    let leaders = match (&shard.config.cluster, &ready) {
         (Some(_), Ok(_)) => Some(crate::cluster::partition_leaders(shard).await),
         _ => None,
     };
     let (host, port) = shard.advertised.clone();
     let one = |key: &str| -> Coordinator {
-        let located = match (&ready, &leaders, &shard.peers) {
+        let located = match (&ready, &leaders, &shard.config.cluster) {
             (Ok(_), None, _) => Ok((shard.config.node_id, host.clone(), port)),
             (Ok(n), Some(leaders), Some(_)) => {
                 let p = groups::partition_for(key, *n);

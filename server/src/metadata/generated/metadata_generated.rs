@@ -13,10 +13,10 @@ pub mod metadata {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RECORD: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RECORD: u8 = 9;
+pub const ENUM_MAX_RECORD: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RECORD: [Record; 10] = [
+pub const ENUM_VALUES_RECORD: [Record; 11] = [
   Record::NONE,
   Record::ClusterIdSet,
   Record::TopicCreated,
@@ -27,6 +27,7 @@ pub const ENUM_VALUES_RECORD: [Record; 10] = [
   Record::BrokerRegistered,
   Record::BrokerFenced,
   Record::BrokerUnfenced,
+  Record::PartitionLeaderChanged,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -44,9 +45,10 @@ impl Record {
   pub const BrokerRegistered: Self = Self(7);
   pub const BrokerFenced: Self = Self(8);
   pub const BrokerUnfenced: Self = Self(9);
+  pub const PartitionLeaderChanged: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 9;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::ClusterIdSet,
@@ -58,6 +60,7 @@ impl Record {
     Self::BrokerRegistered,
     Self::BrokerFenced,
     Self::BrokerUnfenced,
+    Self::PartitionLeaderChanged,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -72,6 +75,7 @@ impl Record {
       Self::BrokerRegistered => Some("BrokerRegistered"),
       Self::BrokerFenced => Some("BrokerFenced"),
       Self::BrokerUnfenced => Some("BrokerUnfenced"),
+      Self::PartitionLeaderChanged => Some("PartitionLeaderChanged"),
       _ => None,
     }
   }
@@ -1388,6 +1392,136 @@ impl ::core::fmt::Debug for BrokerUnfenced<'_> {
       ds.finish()
   }
 }
+pub enum PartitionLeaderChangedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PartitionLeaderChanged<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PartitionLeaderChanged<'a> {
+  type Inner = PartitionLeaderChanged<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PartitionLeaderChanged<'a> {
+  pub const VT_GROUP: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LEADER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PartitionLeaderChanged { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PartitionLeaderChangedArgs
+  ) -> ::flatbuffers::WIPOffset<PartitionLeaderChanged<'bldr>> {
+    let mut builder = PartitionLeaderChangedBuilder::new(_fbb);
+    builder.add_group(args.group);
+    builder.add_epoch(args.epoch);
+    builder.add_leader(args.leader);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PartitionLeaderChanged::VT_GROUP, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn leader(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(PartitionLeaderChanged::VT_LEADER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(PartitionLeaderChanged::VT_EPOCH, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PartitionLeaderChanged<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("group", Self::VT_GROUP, false)?
+     .visit_field::<i32>("leader", Self::VT_LEADER, false)?
+     .visit_field::<i32>("epoch", Self::VT_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PartitionLeaderChangedArgs {
+    pub group: u64,
+    pub leader: i32,
+    pub epoch: i32,
+}
+impl<'a> Default for PartitionLeaderChangedArgs {
+  #[inline]
+  fn default() -> Self {
+    PartitionLeaderChangedArgs {
+      group: 0,
+      leader: 0,
+      epoch: 0,
+    }
+  }
+}
+
+pub struct PartitionLeaderChangedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PartitionLeaderChangedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group(&mut self, group: u64) {
+    self.fbb_.push_slot::<u64>(PartitionLeaderChanged::VT_GROUP, group, 0);
+  }
+  #[inline]
+  pub fn add_leader(&mut self, leader: i32) {
+    self.fbb_.push_slot::<i32>(PartitionLeaderChanged::VT_LEADER, leader, 0);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: i32) {
+    self.fbb_.push_slot::<i32>(PartitionLeaderChanged::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PartitionLeaderChangedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PartitionLeaderChangedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PartitionLeaderChanged<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PartitionLeaderChanged<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PartitionLeaderChanged");
+      ds.field("group", &self.group());
+      ds.field("leader", &self.leader());
+      ds.field("epoch", &self.epoch());
+      ds.finish()
+  }
+}
 pub enum EnvelopeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1572,6 +1706,21 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn record_as_partition_leader_changed(&self) -> Option<PartitionLeaderChanged<'a>> {
+    if self.record_type() == Record::PartitionLeaderChanged {
+      self.record().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PartitionLeaderChanged::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -1591,6 +1740,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Record::BrokerRegistered => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BrokerRegistered>>("Record::BrokerRegistered", pos),
           Record::BrokerFenced => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BrokerFenced>>("Record::BrokerFenced", pos),
           Record::BrokerUnfenced => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BrokerUnfenced>>("Record::BrokerUnfenced", pos),
+          Record::PartitionLeaderChanged => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PartitionLeaderChanged>>("Record::PartitionLeaderChanged", pos),
           _ => Ok(()),
         }
      })?
@@ -1703,6 +1853,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Record::BrokerUnfenced => {
           if let Some(x) = self.record_as_broker_unfenced() {
+            ds.field("record", &x)
+          } else {
+            ds.field("record", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Record::PartitionLeaderChanged => {
+          if let Some(x) = self.record_as_partition_leader_changed() {
             ds.field("record", &x)
           } else {
             ds.field("record", &"InvalidFlatbuffer: Union discriminant does not match value.")
