@@ -544,3 +544,85 @@ def test_follower_behind_retention_catches_up_from_the_leaders_log_start(broker,
     for b in common:
         assert by_base[struct.unpack_from(">q", b, 0)[0]] == b, "a batch differs"
     assert fol_log[-1] == lead_log[-1], "the follower did not reach the leader's end"
+
+
+@pytest.mark.persistence
+@pytest.mark.timeout(240, method="signal")
+def test_controller_failover_and_full_cluster_restart(broker, tmp_path):
+    """kill -9 of the active controller: another voter takes over and admin requests go on;
+    then every broker stops and starts again, and all data, topics and committed offsets are
+    back."""
+    from confluent_kafka import Consumer, Producer
+
+    c = Cluster(broker, tmp_path)
+    c.create_topic("before", 2)
+    controller = c.admin().list_topics(timeout=10).controller_id
+    assert controller in (1, 2, 3)
+    c.node(controller).kill9()
+    live = [n for n in (1, 2, 3) if n != controller]
+    from confluent_kafka.admin import NewTopic
+
+    deadline = time.monotonic() + 60
+    while True:
+        # A fresh client each try: librdkafka keeps waiting for the controller it last knew.
+        admin = c.admin(via=live)
+        try:
+            admin.create_topics([NewTopic("after", num_partitions=2, replication_factor=3)],
+                                operation_timeout=5, request_timeout=5)["after"].result(10)
+            break
+        except Exception as e:  # noqa: BLE001 - retried until the new controller answers
+            assert time.monotonic() < deadline, f"no controller took over: {e}"
+            time.sleep(0.5)
+    new_controller = admin.list_topics(timeout=10).controller_id
+    assert new_controller in live, new_controller
+    c.node(controller).start(60)
+
+    conf = c.config()
+    p = Producer(dict(conf, **{"enable.idempotence": True}))
+    for t in ("before", "after"):
+        for i in range(100):
+            p.produce(t, value=f"{t}-{i}".encode(), partition=i % 2)
+    assert p.flush(60) == 0
+    cons = Consumer(dict(conf, **{"group.id": "restart-group", "auto.offset.reset": "earliest",
+                                  "enable.auto.commit": False}))
+    cons.subscribe(["before"])
+    got = 0
+    deadline = time.monotonic() + 60
+    while got < 60 and time.monotonic() < deadline:
+        for m in cons.consume(60 - got, timeout=1):
+            assert m.error() is None, m.error()
+            got += 1
+    cons.commit(asynchronous=False)
+    cons.close()
+
+    for b in c.brokers:
+        b.stop()
+    for b in c.brokers:
+        b.launch()
+    for b in c.brokers:
+        b.wait_ready(60)
+    c.wait_leaders("before", 2)
+    c.wait_leaders("after", 2)
+    cons = Consumer(dict(c.config(), **{"group.id": "restart-group",
+                                        "auto.offset.reset": "earliest"}))
+    cons.subscribe(["before"])
+    rest = []
+    deadline = time.monotonic() + 60
+    while len(rest) < 40 and time.monotonic() < deadline:
+        for m in cons.consume(100, timeout=1):
+            assert m.error() is None, m.error()
+            rest.append(m.value())
+    cons.close()
+    assert len(rest) == 40, f"after the restart the group resumed with {len(rest)} of 40"
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    cons = Consumer(dict(c.config(), **{"group.id": "restart-verify"}))
+    cons.assign([TopicPartition("after", i, OFFSET_BEGINNING) for i in range(2)])
+    vals = []
+    deadline = time.monotonic() + 60
+    while len(vals) < 100 and time.monotonic() < deadline:
+        for m in cons.consume(200, timeout=1):
+            assert m.error() is None, m.error()
+            vals.append(m.value())
+    cons.close()
+    assert sorted(vals) == sorted(f"after-{i}".encode() for i in range(100))
