@@ -95,6 +95,11 @@ pub struct Flags {
     /// Kafka's `log.retention.check.interval.ms`.
     #[arg(long)]
     pub housekeeping_interval_ms: Option<u64>,
+    /// In a cluster, let core 0 hold partitions beside the controller. By default a cluster
+    /// broker with two or more cores keeps core 0 for the controller (and client
+    /// connections) and places partitions on the others.
+    #[arg(long)]
+    pub controller_core_shared: Option<bool>,
 }
 
 /// The same settings as read from the TOML file.
@@ -122,6 +127,7 @@ struct FileConfig {
     controller_voters: Option<usize>,
     raft_tick_ms: Option<u64>,
     housekeeping_interval_ms: Option<u64>,
+    controller_core_shared: Option<bool>,
 }
 
 /// Which cores to run on.
@@ -202,9 +208,16 @@ pub struct Config {
     pub limits: Limits,
     /// The cluster, when this broker is one of several (`--peers`).
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Core 0 holds partitions beside the controller (`--controller-core-shared`).
+    pub controller_core_shared: bool,
 }
 
 impl Config {
+    /// True when core 0 is kept for the controller: a cluster broker, unless shared.
+    pub fn controller_core_dedicated(&self) -> bool {
+        self.cluster.is_some() && !self.controller_core_shared
+    }
+
     /// Resolves flags and the optional file into a config, or a message saying what is wrong.
     pub fn resolve(flags: Flags) -> Result<Config, String> {
         let file: FileConfig = match &flags.config {
@@ -328,6 +341,10 @@ impl Config {
             groups,
             limits,
             cluster,
+            controller_core_shared: flags
+                .controller_core_shared
+                .or(file.controller_core_shared)
+                .unwrap_or(false),
         })
     }
 }

@@ -29,8 +29,9 @@ NOT_LEADER_OR_FOLLOWER = 6
 class Cluster:
     """Three brokers started together (each waits for the controller quorum)."""
 
-    def __init__(self, broker, tmp_path: Path, n: int = 3, tick_ms: int = 50, extra=()):
-        self.brokers = [broker(start=False) for _ in range(n)]
+    def __init__(self, broker, tmp_path: Path, n: int = 3, tick_ms: int = 50, extra=(),
+                 cores: int = 1):
+        self.brokers = [broker(cores=cores, start=False) for _ in range(n)]
         rpc = [free_port() for _ in range(n)]
         peers = ",".join(f"{i + 1}@127.0.0.1:{rpc[i]}" for i in range(n))
         self.fault_files = []
@@ -626,3 +627,27 @@ def test_controller_failover_and_full_cluster_restart(broker, tmp_path):
             vals.append(m.value())
     cons.close()
     assert sorted(vals) == sorted(f"after-{i}".encode() for i in range(100))
+
+
+@pytest.mark.timeout(180, method="signal")
+def test_two_core_brokers_keep_core_0_for_the_controller(broker, tmp_path):
+    """With two cores, core 0 runs the controller and takes connections; every partition
+    (and its Raft group) lives on core 1, reached over the cross-core mesh."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 CPUs")
+    c = Cluster(broker, tmp_path, cores=2)
+    c.create_topic("cores", 4)
+    from confluent_kafka import Producer
+
+    p = Producer(c.config({"acks": "all", "enable.idempotence": True}))
+    for i in range(400):
+        p.produce("cores", value=f"{i % 4}:{i // 4}".encode(), partition=i % 4)
+    assert p.flush(60) == 0
+    got = consume_all(c, "cores", 4)
+    for part in range(4):
+        assert [s for (s, _o) in got[part]] == list(range(100)), part
+    for b in c.brokers:
+        text = b.stderr_paths[-1].read_text(errors="replace")
+        opened = [ln for ln in text.splitlines() if "opened partition" in ln and "cores-" in ln]
+        assert opened, f"{b} opened no partition of the topic"
+        assert all("shard=1" in ln for ln in opened), opened

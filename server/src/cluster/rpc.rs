@@ -463,7 +463,7 @@ async fn route(shard: &Rc<Shard>, msgs: Vec<(GroupId, Message)>) {
             image.groups.get(&g.0).and_then(|(topic, p)| {
                 let t = image.topics.get(topic)?;
                 let meta = t.partitions.get(usize::try_from(*p).ok()?)?;
-                Some(meta.owner(shard.shard_count))
+                Some(shard.owner_core(meta))
             })
         };
         // A group this broker does not know yet (its image lags): Raft retransmits.

@@ -135,11 +135,22 @@ impl Shard {
         self.partitions.borrow().get(&key).cloned()
     }
 
+    /// The core of this broker that owns a partition: its placed core modulo this broker's
+    /// core count, skipping core 0 when the controller has it to itself (a cluster broker
+    /// with more than one core, unless `--controller-core-shared`).
+    pub fn owner_core(&self, p: &crate::metadata::PartitionMeta) -> ShardId {
+        if self.config.controller_core_dedicated() && self.shard_count > 1 {
+            ShardId(1 + (p.shard.0 as usize % (self.shard_count - 1)) as u16)
+        } else {
+            p.owner(self.shard_count)
+        }
+    }
+
     /// The core that owns a partition, from the image.
     pub fn owner_of(&self, topic: &str, partition: i32) -> Option<ShardId> {
         let img = self.image.borrow();
         let t = img.topics.get(topic)?;
         let p = usize::try_from(partition).ok()?;
-        t.partitions.get(p).map(|p| p.owner(self.shard_count))
+        t.partitions.get(p).map(|p| self.owner_core(p))
     }
 }

@@ -354,7 +354,7 @@ pub async fn apply_image(shard: &Rc<Shard>, image: Arc<MetadataImage>) {
     for t in image.topics.values() {
         let config = t.log_config(&shard.config.log_defaults);
         for (i, p) in t.partitions.iter().enumerate() {
-            if p.owner(shard.shard_count) != shard.id {
+            if shard.owner_core(p) != shard.id {
                 continue;
             }
             // In a cluster a broker holds only the partitions it has a replica of.

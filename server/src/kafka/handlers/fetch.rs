@@ -72,7 +72,7 @@ pub async fn handle(shard: &Rc<Shard>, req: FetchRequest, _version: i16) -> Repl
                 usize::try_from(p.partition)
                     .ok()
                     .and_then(|i| m.partitions.get(i))
-                    .map(|x| (m.name.clone(), x.owner(shard.shard_count)))
+                    .map(|x| (m.name.clone(), shard.owner_core(x)))
             });
             match owner {
                 Some((name, owner)) => by_owner.entry(owner).or_default().push(Item {

@@ -67,7 +67,7 @@ async fn lookup(
     let owner = usize::try_from(partition)
         .ok()
         .and_then(|i| meta.partitions.get(i))
-        .map(|p| p.owner(shard.shard_count))
+        .map(|p| shard.owner_core(p))
         .ok_or_else(|| KafkaError::unknown_partition(name, partition))?;
     let topic = meta.name.clone();
     shard

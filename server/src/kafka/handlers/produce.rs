@@ -121,7 +121,7 @@ async fn produce_one(
     let owner = usize::try_from(partition)
         .ok()
         .and_then(|i| meta.partitions.get(i))
-        .map(|p| p.owner(shard.shard_count))
+        .map(|p| shard.owner_core(p))
         .ok_or_else(|| KafkaError::unknown_partition(&meta.name, partition))?;
     let records =
         records.ok_or_else(|| KafkaError::new(ResponseError::CorruptMessage, "no records"))?;
