@@ -283,7 +283,7 @@ impl Partition {
                 return Err(KafkaError::new(*code, msg.clone()));
             }
         }
-        let (mut base, mut first, mut last) = (None, None, Offset(-1));
+        let (mut base, mut proposed, mut last) = (None, None::<(Offset, Offset)>, Offset(-1));
         for ((b, h), v) in batches.iter().zip(&headers).zip(verdicts) {
             match v {
                 Verdict::Duplicate(orig) => {
@@ -297,8 +297,8 @@ impl Partition {
                         self.producers_dirty.set(true);
                     }
                     base.get_or_insert(b0);
-                    first.get_or_insert(b0);
-                    last = l0;
+                    proposed = Some((proposed.map_or(b0, |p| p.0), l0));
+                    last = last.max(l0);
                 }
             }
         }
@@ -324,8 +324,24 @@ impl Partition {
                 }
             }
             _ => {
-                g.wait_committed(term, first.unwrap_or(base), last, deadline)
-                    .await?;
+                // What this request proposed must commit in this term (else it may have been
+                // overwritten); a retry answered with its original offsets was written in an
+                // earlier term and is acknowledged once it is below the high watermark
+                // (committed entries are never overwritten).
+                if let Some((first, proposed_last)) = proposed {
+                    g.wait_committed(term, first, proposed_last, deadline)
+                        .await?;
+                }
+                let committed = g
+                    .changed
+                    .wait_until(deadline, || g.high_watermark() > last)
+                    .await;
+                if !committed {
+                    return Err(KafkaError::new(
+                        ResponseError::RequestTimedOut,
+                        format!("{}: not committed in time", g.name),
+                    ));
+                }
                 Ok(base)
             }
         }
