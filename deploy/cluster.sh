@@ -11,7 +11,8 @@
 # Environment:
 #   RINGLOG_BIN   broker binary (default: target/release/ringlog, built if missing)
 #   KAFKA_PORTS   comma-separated Kafka ports, one per broker (default 9092,9093,...)
-#   RPC_PORTS     comma-separated RPC ports, one per broker (default 9192,9193,...)
+#   RPC_PORTS     comma-separated RPC ports, one per broker (default 9192,9202,...); a broker
+#                 with C cores listens for brokers on C consecutive ports from its own
 #   CORES         cores per broker (default 1)
 #   EXTRA_ARGS    more flags for every broker
 #
@@ -29,8 +30,8 @@ fi
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin=${RINGLOG_BIN:-$repo/target/release/ringlog}
 
-ports() { # $1 = list or empty, $2 = default base
-    if [[ -n "$1" ]]; then tr ',' ' ' <<<"$1"; else seq "$2" $(($2 + n - 1)) | tr '\n' ' '; fi
+ports() { # $1 = list or empty, $2 = default base, $3 = step
+    if [[ -n "$1" ]]; then tr ',' ' ' <<<"$1"; else seq "$2" "${3:-1}" $(($2 + (n - 1) * ${3:-1})) | tr '\n' ' '; fi
 }
 
 case "$cmd" in
@@ -40,7 +41,7 @@ start)
     fi
     mkdir -p "$dir"
     read -r -a kafka <<<"$(ports "${KAFKA_PORTS:-}" 9092)"
-    read -r -a rpc <<<"$(ports "${RPC_PORTS:-}" 9192)"
+    read -r -a rpc <<<"$(ports "${RPC_PORTS:-}" 9192 10)"
     if ((${#kafka[@]} < n || ${#rpc[@]} < n)); then
         echo "need $n Kafka and RPC ports" >&2
         exit 2

@@ -26,13 +26,35 @@ pytestmark = pytest.mark.ringlog_flags
 NOT_LEADER_OR_FOLLOWER = 6
 
 
+def free_ports(k: int) -> int:
+    """A port p such that p .. p+k-1 were all free a moment ago (a broker with k cores
+    listens for brokers on k consecutive ports)."""
+    import socket
+
+    for _ in range(200):
+        base = free_port()
+        socks = []
+        try:
+            for i in range(k):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no run of {k} free ports")
+
+
 class Cluster:
     """Three brokers started together (each waits for the controller quorum)."""
 
     def __init__(self, broker, tmp_path: Path, n: int = 3, tick_ms: int = 50, extra=(),
                  cores: int = 1):
         self.brokers = [broker(cores=cores, start=False) for _ in range(n)]
-        rpc = [free_port() for _ in range(n)]
+        rpc = [free_ports(cores) for _ in range(n)]
         peers = ",".join(f"{i + 1}@127.0.0.1:{rpc[i]}" for i in range(n))
         self.fault_files = []
         for i, b in enumerate(self.brokers):
@@ -651,3 +673,111 @@ def test_two_core_brokers_keep_core_0_for_the_controller(broker, tmp_path):
         opened = [ln for ln in text.splitlines() if "opened partition" in ln and "cores-" in ln]
         assert opened, f"{b} opened no partition of the topic"
         assert all("shard=1" in ln for ln in opened), opened
+
+
+@pytest.mark.persistence
+@pytest.mark.timeout(240, method="signal")
+def test_group_survives_the_loss_of_its_coordinator(broker, tmp_path):
+    """A consumer group's coordinator is the leader of its __consumer_offsets partition: kill
+    -9 that broker while the group consumes; the group finds the new leader, keeps its
+    committed offsets and consumes the rest, and nothing committed is read twice."""
+    from confluent_kafka import Consumer, Producer
+
+    c = Cluster(broker, tmp_path)
+    c.create_topic("work", 3)
+    p = Producer(c.config({"acks": "all", "enable.idempotence": True}))
+    for i in range(600):
+        p.produce("work", value=str(i).encode(), partition=i % 3)
+    assert p.flush(60) == 0
+
+    def consumer():
+        return Consumer(c.config({"group.id": "survivors", "auto.offset.reset": "earliest",
+                                  "enable.auto.commit": False, "session.timeout.ms": 6000}))
+
+    cons = consumer()
+    cons.subscribe(["work"])
+    first = []
+    deadline = time.monotonic() + 60
+    while len(first) < 300 and time.monotonic() < deadline:
+        for m in cons.consume(300 - len(first), timeout=1):
+            assert m.error() is None, m.error()
+            first.append(int(m.value()))
+    cons.commit(asynchronous=False)
+    cons.close()
+    assert len(first) == 300
+
+    # Which broker coordinates the group: the one the FindCoordinator answer names.
+    from confluent_kafka.admin import AdminClient
+    a = AdminClient(c.config())
+    desc = a.describe_consumer_groups(["survivors"])["survivors"].result(30)
+    coordinator = desc.coordinator.id
+    c.node(coordinator).kill9()
+
+    live = [n for n in (1, 2, 3) if n != coordinator]
+    rest = []
+    deadline = time.monotonic() + 90
+    cons = Consumer({"bootstrap.servers": ",".join(c.node(n).bootstrap for n in live),
+                     "broker.address.family": "v4", "group.id": "survivors",
+                     "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    cons.subscribe(["work"])
+    while len(rest) < 300 and time.monotonic() < deadline:
+        for m in cons.consume(300 - len(rest), timeout=1):
+            assert m.error() is None, m.error()
+            rest.append(int(m.value()))
+    cons.commit(asynchronous=False)
+    cons.close()
+    assert sorted(first + rest) == list(range(600)), (
+        f"{len(rest)} after the coordinator's loss; duplicates "
+        f"{sorted(set(first) & set(rest))[:10]}"
+    )
+
+
+@pytest.mark.timeout(180, method="signal")
+def test_retry_of_an_acknowledged_batch_after_failover_gets_its_original_offset(broker, tmp_path):
+    """An idempotent batch acknowledged by a leader that then dies, retried byte for byte on
+    the new leader: it was written in the old term, is recognised as a duplicate and answered
+    with its original offset (not refused, not written twice)."""
+    from test_idempotence import batch, connect, init_producer_id, parse_produce_v3, produce_body
+
+    c = Cluster(broker, tmp_path)
+    leader = c.create_topic("dup", 1)[0]
+    s = connect(c.node(leader))
+    pid, epoch = init_producer_id(s)
+    frame = produce_body("dup", 0, batch(pid, epoch, 0, [b"a", b"b", b"c"]))
+    err, base = parse_produce_v3(raw_call(s, 0, 3, 2, frame))
+    s.close()
+    assert err == 0, err
+    c.node(leader).kill9()
+    new = c.wait_leaders("dup", 1, avoid=(leader,))[0]
+    deadline = time.monotonic() + 30
+    corr = 10
+    while True:
+        s = connect(c.node(new))
+        try:
+            err, base2 = parse_produce_v3(raw_call(s, 0, 3, corr, frame))
+        finally:
+            s.close()
+        corr += 1
+        if err == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert (err, base2) == (0, base), f"retry answered {err} at {base2}, original {base}"
+    got = consume_all_values(c, "dup")
+    assert got == [b"a", b"b", b"c"], got
+
+
+def consume_all_values(cluster: Cluster, topic: str) -> list[bytes]:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    cons = Consumer(cluster.config({"group.id": f"v-{time.time()}", "enable.auto.commit": False}))
+    cons.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    out = []
+    idle = 0
+    while idle < 3:
+        msgs = cons.consume(100, timeout=1)
+        idle = 0 if msgs else idle + 1
+        for m in msgs:
+            assert m.error() is None, m.error()
+            out.append(m.value())
+    cons.close()
+    return out

@@ -96,8 +96,18 @@ pub async fn register_and_heartbeat(shard: std::rc::Rc<crate::shard::Shard>) {
             let r = if registered {
                 c.broker_heartbeat(&shard, node).await
             } else {
-                c.register_broker(&shard, node, host.clone(), port, rpc.clone())
-                    .await
+                let cores = u16::try_from(shard.shard_count).unwrap_or(u16::MAX);
+                let dedicated = shard.config.controller_core_dedicated();
+                c.register_broker(
+                    &shard,
+                    node,
+                    host.clone(),
+                    port,
+                    rpc.clone(),
+                    cores,
+                    dedicated,
+                )
+                .await
             };
             match r {
                 Ok(()) if !registered => {
@@ -126,7 +136,7 @@ pub fn fail_stop(why: &str) -> ! {
 pub struct ClusterConfig {
     /// This broker.
     pub node_id: NodeId,
-    /// Where this broker's RPC listener binds.
+    /// Where this broker's RPC listener of core 0 binds; core k binds its port + k.
     pub rpc_addr: SocketAddr,
     /// Every broker's RPC address, this one included.
     pub peers: BTreeMap<NodeId, SocketAddr>,

@@ -1,11 +1,13 @@
 //! The broker-to-broker transport: TCP connections carrying Raft envelopes, forwarded
 //! controller requests and their responses.
 //!
-//! Each core has one outbound connection to each other broker ([`Transport`], one [`Link`]
-//! per peer), opened lazily and reopened after a failure. Core 0 also accepts inbound
-//! connections ([`serve`]) and routes what arrives: a group's Raft messages to the core that
-//! owns the group, a controller request to the local controller (answered on the same
-//! connection). Raft messages queued for a peer within one turn of the core travel in one
+//! Connections go core to core: core k of a broker listens on the RPC port + k, and each core
+//! keeps one outbound connection ([`Link`]) per (peer, peer core) it has sent to, opened on
+//! first use and reopened after a failure. A group's messages go to the peer core that owns
+//! the group there (known from the peer's registration: its core count and whether core 0 is
+//! the controller's); the metadata group and controller requests go to core 0. What arrives
+//! on a core for a group another core owns (a peer with a stale view) is handed over the mesh
+//! ([`serve`]); a controller request is answered on the same connection. Raft messages queued for a peer within one turn of the core travel in one
 //! envelope, so the heartbeats of every group two brokers share go together.
 //!
 //! Frame: `u32 BE length` (of what follows), `u8 kind`, body. Bodies: a hello is JSON
@@ -90,10 +92,18 @@ pub struct Link {
     dropped: Cell<u64>,
 }
 
-/// This core's outbound connections.
+/// The resolver of [`Transport::set_resolver`].
+type Resolver = Box<dyn Fn(GroupId, NodeId) -> u16>;
+
+/// This core's outbound connections: one per (peer, peer core), opened on first use.
 pub struct Transport {
     me: NodeId,
-    links: BTreeMap<NodeId, Rc<Link>>,
+    /// Every broker's base RPC address (its core 0; core k listens on port + k).
+    peers: BTreeMap<NodeId, SocketAddr>,
+    hello: Vec<u8>,
+    frame_max: usize,
+    links: RefCell<BTreeMap<(NodeId, u16), Rc<Link>>>,
+    resolver: RefCell<Option<Resolver>>,
     next_id: Cell<u64>,
     raft_queue_max: usize,
     requests_queue_max: usize,
@@ -113,32 +123,13 @@ impl Transport {
             kafka_port: advertised.1,
         })
         .ok()?;
-        let mut links = BTreeMap::new();
-        for (node, addr) in &cluster.peers {
-            if *node == cluster.node_id {
-                continue;
-            }
-            let link = Rc::new(Link {
-                peer: *node,
-                addr: *addr,
-                raft: RefCell::new(Vec::new()),
-                requests: RefCell::new(VecDeque::new()),
-                waiting: RefCell::new(HashMap::new()),
-                work: Notify::default(),
-                dropped: Cell::new(0),
-            });
-            glommio::spawn_local(run_link(
-                link.clone(),
-                hello.clone(),
-                config.limits.rpc_frame_bytes_max,
-                cluster.node_id,
-            ))
-            .detach();
-            links.insert(*node, link);
-        }
         let t = Rc::new(Transport {
             me: cluster.node_id,
-            links,
+            peers: cluster.peers.clone(),
+            hello,
+            frame_max: config.limits.rpc_frame_bytes_max,
+            links: RefCell::new(BTreeMap::new()),
+            resolver: RefCell::new(None),
             next_id: Cell::new(1),
             raft_queue_max: config.limits.raft_messages_queued_per_peer_max,
             requests_queue_max: config.limits.rpc_requests_queued_per_peer_max,
@@ -164,7 +155,50 @@ impl Transport {
             })
             .detach();
         }
+        // Core 0 of every peer from the start: the metadata group and controller requests go
+        // there, and the hellos and pings let each side see the other.
+        for node in cluster.peers.keys() {
+            if *node != cluster.node_id {
+                t.link(*node, 0);
+            }
+        }
         Some(t)
+    }
+
+    /// Sets how a group's messages find the core that owns the group on a peer
+    /// (`(group, peer) -> core`; core 0 routes over the mesh when it is not the owner).
+    pub fn set_resolver(&self, f: Box<dyn Fn(GroupId, NodeId) -> u16>) {
+        *self.resolver.borrow_mut() = Some(f);
+    }
+
+    /// The link to `core` of `node`, opened on first use.
+    fn link(&self, node: NodeId, core: u16) -> Option<Rc<Link>> {
+        if let Some(l) = self.links.borrow().get(&(node, core)) {
+            return Some(l.clone());
+        }
+        let base = *self.peers.get(&node)?;
+        if node == self.me {
+            return None;
+        }
+        let port = base.port().checked_add(core)?;
+        let link = Rc::new(Link {
+            peer: node,
+            addr: SocketAddr::new(base.ip(), port),
+            raft: RefCell::new(Vec::new()),
+            requests: RefCell::new(VecDeque::new()),
+            waiting: RefCell::new(HashMap::new()),
+            work: Notify::default(),
+            dropped: Cell::new(0),
+        });
+        glommio::spawn_local(run_link(
+            link.clone(),
+            self.hello.clone(),
+            self.frame_max,
+            self.me,
+        ))
+        .detach();
+        self.links.borrow_mut().insert((node, core), link.clone());
+        Some(link)
     }
 
     /// True while fault injection cuts this broker off from `node`.
@@ -180,7 +214,13 @@ impl Transport {
     /// Queues a Raft message of `group` for its destination (dropped when the queue is full
     /// or the destination is unknown: Raft retransmits).
     pub fn send(&self, group: GroupId, m: Message) {
-        let Some(link) = self.links.get(&NodeId(m.to)) else {
+        let node = NodeId(m.to);
+        let core = self
+            .resolver
+            .borrow()
+            .as_ref()
+            .map_or(0, |resolve| resolve(group, node));
+        let Some(link) = self.link(node, core) else {
             return;
         };
         if self.is_isolated(link.peer) {
@@ -206,7 +246,7 @@ impl Transport {
         payload: Vec<u8>,
         timeout_ms: u64,
     ) -> Result<Vec<u8>, RpcError> {
-        let link = self.links.get(&to).ok_or(RpcError::UnknownPeer(to.0))?;
+        let link = self.link(to, 0).ok_or(RpcError::UnknownPeer(to.0))?;
         if self.is_isolated(to) {
             return Err(RpcError::Unreachable(to.0));
         }
@@ -232,11 +272,12 @@ impl Transport {
         r
     }
 
-    /// Raft messages dropped on full queues, per peer.
-    pub fn dropped(&self) -> Vec<(NodeId, u64)> {
+    /// Raft messages dropped on full queues, per peer core.
+    pub fn dropped(&self) -> Vec<((NodeId, u16), u64)> {
         self.links
+            .borrow()
             .iter()
-            .map(|(n, l)| (*n, l.dropped.get()))
+            .map(|(k, l)| (*k, l.dropped.get()))
             .collect()
     }
 }
@@ -435,7 +476,13 @@ async fn serve_conn(shard: Rc<Shard>, stream: TcpStream) {
                 let payload = body[8..].to_vec();
                 let (s, mut tx) = (shard.clone(), tx.clone());
                 glommio::spawn_local(async move {
-                    let reply = crate::metadata::controller::serve_forwarded(&s, &payload).await;
+                    // The controller lives on core 0 (requests are sent there; stay safe anyway).
+                    let reply = s
+                        .invoke_on(ShardId(0), move |s0| async move {
+                            crate::metadata::controller::serve_forwarded(&s0, &payload).await
+                        })
+                        .await
+                        .unwrap_or_default();
                     let f = frame(KIND_RESPONSE, &[&id, &reply]);
                     let _ = futures::SinkExt::send(&mut tx, f).await;
                 })

@@ -112,6 +112,8 @@ enum ControllerOp {
         host: String,
         port: u16,
         rpc: String,
+        cores: u16,
+        dedicated: bool,
     },
     BrokerHeartbeat {
         node_id: i32,
@@ -319,6 +321,7 @@ impl Controller {
     /// Registers this broker (its Kafka and RPC addresses) in the metadata log, through the
     /// active controller; a registration also ends a fence. Nothing is written when the log
     /// already says the same.
+    #[allow(clippy::too_many_arguments)]
     pub async fn register_broker(
         &self,
         shard: &Rc<Shard>,
@@ -326,6 +329,8 @@ impl Controller {
         host: String,
         port: u16,
         rpc: String,
+        cores: u16,
+        dedicated: bool,
     ) -> Result<(), KafkaError> {
         if let Some(to) = self.route()? {
             let op = ControllerOp::RegisterBroker {
@@ -333,6 +338,8 @@ impl Controller {
                 host,
                 port,
                 rpc,
+                cores,
+                dedicated,
             };
             return match self.forward(shard, to, op).await? {
                 ReplyBody::Unit(r) => unwire(r),
@@ -342,7 +349,14 @@ impl Controller {
         let _one = self.one_change.acquire(1).await;
         self.heard_now(node_id);
         let known = self.image().brokers.get(&node_id).cloned();
-        if known.is_some_and(|b| b.host == host && b.port == port && b.rpc == rpc && !b.fenced) {
+        if known.is_some_and(|b| {
+            b.host == host
+                && b.port == port
+                && b.rpc == rpc
+                && b.cores == cores
+                && b.dedicated == dedicated
+                && !b.fenced
+        }) {
             return Ok(());
         }
         let rec = MetadataRecord::BrokerRegistered {
@@ -350,6 +364,8 @@ impl Controller {
             host,
             port,
             rpc,
+            cores,
+            dedicated,
         };
         self.commit(shard, vec![rec]).await
     }
@@ -1012,8 +1028,11 @@ pub async fn serve_forwarded(shard: &Rc<Shard>, payload: &[u8]) -> Vec<u8> {
                         host,
                         port,
                         rpc,
+                        cores,
+                        dedicated,
                     } => ReplyBody::Unit(wire(
-                        c.register_broker(shard, node_id, host, port, rpc).await,
+                        c.register_broker(shard, node_id, host, port, rpc, cores, dedicated)
+                            .await,
                     )),
                     ControllerOp::BrokerHeartbeat { node_id } => {
                         ReplyBody::Unit(wire(c.broker_heartbeat(shard, node_id).await))

@@ -53,8 +53,12 @@ pub struct BrokerMeta {
     pub host: String,
     /// Port Kafka clients use.
     pub port: u16,
-    /// Broker-to-broker address.
+    /// Broker-to-broker address (core 0).
     pub rpc: String,
+    /// Cores (0: not recorded).
+    pub cores: u16,
+    /// Core 0 is kept for the controller.
+    pub dedicated: bool,
     /// Not heard from by the active controller within the session timeout.
     pub fenced: bool,
 }
@@ -172,6 +176,8 @@ impl MetadataImage {
                 host,
                 port,
                 rpc,
+                cores,
+                dedicated,
             } => {
                 next.brokers.insert(
                     *node_id,
@@ -179,6 +185,8 @@ impl MetadataImage {
                         host: host.clone(),
                         port: *port,
                         rpc: rpc.clone(),
+                        cores: *cores,
+                        dedicated: *dedicated,
                         fenced: false,
                     },
                 );

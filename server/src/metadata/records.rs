@@ -65,8 +65,14 @@ pub enum MetadataRecord {
         host: String,
         /// Port Kafka clients use.
         port: u16,
-        /// Broker-to-broker (Raft) address.
+        /// Broker-to-broker (Raft) address (of core 0; core k listens on its port + k).
         rpc: String,
+        /// Cores (0 in records written before it was recorded).
+        #[serde(default)]
+        cores: u16,
+        /// Core 0 is kept for the controller (partitions on the others).
+        #[serde(default)]
+        dedicated: bool,
     },
     /// The active controller stopped hearing from a broker: clients are no longer sent to it.
     BrokerFenced {
@@ -242,6 +248,8 @@ mod fb_codec {
                 host,
                 port,
                 rpc,
+                cores,
+                dedicated,
             } => {
                 let (host, rpc) = (b.create_string(host), b.create_string(rpc));
                 let args = fb::BrokerRegisteredArgs {
@@ -249,6 +257,8 @@ mod fb_codec {
                     host: Some(host),
                     port: *port,
                     rpc: Some(rpc),
+                    cores: *cores,
+                    dedicated: *dedicated,
                 };
                 let t = fb::BrokerRegistered::create(&mut b, &args);
                 (fb::Record::BrokerRegistered, t.as_union_value())
@@ -372,6 +382,8 @@ mod fb_codec {
                     host: need(x.host(), "a host")?.to_string(),
                     port: x.port(),
                     rpc: need(x.rpc(), "an rpc address")?.to_string(),
+                    cores: x.cores(),
+                    dedicated: x.dedicated(),
                 }
             }
             fb::Record::BrokerFenced => {
@@ -439,6 +451,8 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: 9093,
                 rpc: "127.0.0.1:9193".into(),
+                cores: 2,
+                dedicated: true,
             },
             MetadataRecord::BrokerFenced { node_id: 2 },
             MetadataRecord::BrokerUnfenced { node_id: 2 },

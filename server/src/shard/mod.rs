@@ -37,6 +37,16 @@ pub struct TopicPartition {
     pub partition: i32,
 }
 
+/// The core owning a partition placed on `placed` on a broker with `cores` cores: skipping
+/// core 0 when the broker keeps it for the controller (`dedicated`, two or more cores).
+pub fn owner_core_for(placed: u16, cores: usize, dedicated: bool) -> u16 {
+    if dedicated && cores > 1 {
+        1 + (placed as usize % (cores - 1)) as u16
+    } else {
+        (placed as usize % cores.max(1)) as u16
+    }
+}
+
 /// A closure sent to run on another core.
 pub type Job = Box<dyn FnOnce(Rc<Shard>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
@@ -139,10 +149,33 @@ impl Shard {
     /// core count, skipping core 0 when the controller has it to itself (a cluster broker
     /// with more than one core, unless `--controller-core-shared`).
     pub fn owner_core(&self, p: &crate::metadata::PartitionMeta) -> ShardId {
-        if self.config.controller_core_dedicated() && self.shard_count > 1 {
-            ShardId(1 + (p.shard.0 as usize % (self.shard_count - 1)) as u16)
-        } else {
-            p.owner(self.shard_count)
+        ShardId(owner_core_for(
+            p.shard.0,
+            self.shard_count,
+            self.config.controller_core_dedicated(),
+        ))
+    }
+
+    /// The core of broker `node` that owns Raft group `group` (0 when unknown: core 0
+    /// routes), from the image and the broker's registration.
+    pub fn peer_core_of(&self, group: ringlog_raft::types::GroupId, node: u64) -> u16 {
+        if group == crate::cluster::METADATA_GROUP {
+            return 0;
+        }
+        let img = self.image.borrow();
+        let Some((topic, p)) = img.groups.get(&group.0) else {
+            return 0;
+        };
+        let Some(meta) = img
+            .topics
+            .get(topic)
+            .and_then(|t| t.partitions.get(usize::try_from(*p).ok()?))
+        else {
+            return 0;
+        };
+        match i32::try_from(node).ok().and_then(|n| img.brokers.get(&n)) {
+            Some(b) if b.cores > 0 => owner_core_for(meta.shard.0, b.cores as usize, b.dedicated),
+            _ => 0,
         }
     }
 

@@ -150,11 +150,26 @@ async fn shard_main(
         glommio::spawn_local(inbox.for_each_concurrent(max, move |job| job(shard.clone())))
             .detach();
     }
+    // Core to core: core k listens for brokers on the RPC port + k.
     let rpc = match &shard.config.cluster {
-        Some(cluster) if id.0 == 0 => {
-            let l = glommio::net::TcpListener::bind(cluster.rpc_addr)
-                .map_err(|e| format!("binding the rpc address {}: {e}", cluster.rpc_addr))?;
-            tracing::info!(addr = %cluster.rpc_addr, node = cluster.node_id.0, "listening for brokers");
+        Some(cluster) => {
+            let port = cluster
+                .rpc_addr
+                .port()
+                .checked_add(id.0)
+                .ok_or("rpc port + core index is past 65535")?;
+            let addr = std::net::SocketAddr::new(cluster.rpc_addr.ip(), port);
+            let l = glommio::net::TcpListener::bind(addr)
+                .map_err(|e| format!("binding the rpc address {addr} (core {}): {e}", id.0))?;
+            if id.0 == 0 {
+                tracing::info!(addr = %addr, node = cluster.node_id.0, cores = shard_count, "listening for brokers (one port per core)");
+            }
+            if let Some(t) = &shard.transport {
+                let weak = Rc::downgrade(&shard);
+                t.set_resolver(Box::new(move |group, node| {
+                    weak.upgrade().map_or(0, |s| s.peer_core_of(group, node.0))
+                }));
+            }
             Some(glommio::spawn_local(crate::cluster::rpc::serve(
                 shard.clone(),
                 l,

@@ -1073,6 +1073,8 @@ impl<'a> BrokerRegistered<'a> {
   pub const VT_HOST: ::flatbuffers::VOffsetT = 6;
   pub const VT_PORT: ::flatbuffers::VOffsetT = 8;
   pub const VT_RPC: ::flatbuffers::VOffsetT = 10;
+  pub const VT_CORES: ::flatbuffers::VOffsetT = 12;
+  pub const VT_DEDICATED: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1087,7 +1089,9 @@ impl<'a> BrokerRegistered<'a> {
     if let Some(x) = args.rpc { builder.add_rpc(x); }
     if let Some(x) = args.host { builder.add_host(x); }
     builder.add_node_id(args.node_id);
+    builder.add_cores(args.cores);
     builder.add_port(args.port);
+    builder.add_dedicated(args.dedicated);
     builder.finish()
   }
 
@@ -1120,6 +1124,20 @@ impl<'a> BrokerRegistered<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(BrokerRegistered::VT_RPC, None)}
   }
+  #[inline]
+  pub fn cores(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(BrokerRegistered::VT_CORES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn dedicated(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(BrokerRegistered::VT_DEDICATED, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for BrokerRegistered<'_> {
@@ -1132,6 +1150,8 @@ impl ::flatbuffers::Verifiable for BrokerRegistered<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("host", Self::VT_HOST, false)?
      .visit_field::<u16>("port", Self::VT_PORT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("rpc", Self::VT_RPC, false)?
+     .visit_field::<u16>("cores", Self::VT_CORES, false)?
+     .visit_field::<bool>("dedicated", Self::VT_DEDICATED, false)?
      .finish();
     Ok(())
   }
@@ -1141,6 +1161,8 @@ pub struct BrokerRegisteredArgs<'a> {
     pub host: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub port: u16,
     pub rpc: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub cores: u16,
+    pub dedicated: bool,
 }
 impl<'a> Default for BrokerRegisteredArgs<'a> {
   #[inline]
@@ -1150,6 +1172,8 @@ impl<'a> Default for BrokerRegisteredArgs<'a> {
       host: None,
       port: 0,
       rpc: None,
+      cores: 0,
+      dedicated: false,
     }
   }
 }
@@ -1176,6 +1200,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BrokerRegisteredBuilder<'a, '
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BrokerRegistered::VT_RPC, rpc);
   }
   #[inline]
+  pub fn add_cores(&mut self, cores: u16) {
+    self.fbb_.push_slot::<u16>(BrokerRegistered::VT_CORES, cores, 0);
+  }
+  #[inline]
+  pub fn add_dedicated(&mut self, dedicated: bool) {
+    self.fbb_.push_slot::<bool>(BrokerRegistered::VT_DEDICATED, dedicated, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BrokerRegisteredBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     BrokerRegisteredBuilder {
@@ -1197,6 +1229,8 @@ impl ::core::fmt::Debug for BrokerRegistered<'_> {
       ds.field("host", &self.host());
       ds.field("port", &self.port());
       ds.field("rpc", &self.rpc());
+      ds.field("cores", &self.cores());
+      ds.field("dedicated", &self.dedicated());
       ds.finish()
   }
 }
