@@ -781,3 +781,50 @@ def consume_all_values(cluster: Cluster, topic: str) -> list[bytes]:
             out.append(m.value())
     cons.close()
     return out
+
+
+@pytest.mark.timeout(180, method="signal")
+def test_acks_1_and_offset_for_leader_epoch_across_a_leader_change(broker, tmp_path):
+    """acks=1 is answered after the leader's own flush and the data is readable once
+    committed; OffsetForLeaderEpoch on the new leader ends the old epoch where the new one
+    starts, and fences a client that names an older current epoch."""
+    from confluent_kafka import Producer
+
+    c = Cluster(broker, tmp_path)
+    leader = c.create_topic("epochs", 1)[0]
+    p = Producer(c.config({"acks": "1"}))
+    for i in range(50):
+        p.produce("epochs", value=f"one-{i}".encode(), partition=0)
+    assert p.flush(30) == 0
+    assert len(consume_all_values(c, "epochs")) == 50
+
+    def epoch_end(node, current, requested):
+        # OffsetForLeaderEpoch v2: topics [name, partitions [partition, current_leader_epoch,
+        # leader_epoch]] -> throttle, topics [name, partitions [error, partition,
+        # leader_epoch, end_offset]].
+        import socket
+        t = b"epochs"
+        body = (struct.pack(">i", 1) + struct.pack(">h", len(t)) + t + struct.pack(">i", 1)
+                + struct.pack(">iii", 0, current, requested))
+        host, port = c.node(node).bootstrap.split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.settimeout(10)
+            resp = raw_call(s, 23, 2, 5, body)
+        at = 4 + 4 + 2 + len(t) + 4
+        err, _part, epoch, end = struct.unpack_from(">hiiq", resp, at)
+        return err, epoch, end
+
+    err, epoch1, end1 = epoch_end(leader, -1, 1)
+    assert err == 0 and epoch1 == 1, (err, epoch1)
+    c.node(leader).kill9()
+    new = c.wait_leaders("epochs", 1, avoid=(leader,))[0]
+    deadline = time.monotonic() + 20
+    while True:
+        err, epoch, end = epoch_end(new, -1, 1)
+        if err == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    # Epoch 1 ended where the new leader's epoch began: after everything written in it.
+    assert err == 0 and epoch == 1 and end >= 50, (err, epoch, end)
+    err, _e, _o = epoch_end(new, 1, 1)
+    assert err == 74, f"an older current epoch should be FENCED_LEADER_EPOCH, got {err}"
