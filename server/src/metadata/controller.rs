@@ -341,10 +341,7 @@ impl Controller {
                 cores,
                 dedicated,
             };
-            return match self.forward(shard, to, op).await? {
-                ReplyBody::Unit(r) => unwire(r),
-                _ => Err(unexpected_reply()),
-            };
+            return self.forward_unit(shard, to, op).await;
         }
         let _one = self.one_change.acquire(1).await;
         self.heard_now(node_id);
@@ -378,13 +375,8 @@ impl Controller {
         node_id: i32,
     ) -> Result<(), KafkaError> {
         if let Some(to) = self.route()? {
-            return match self
-                .forward(shard, to, ControllerOp::BrokerHeartbeat { node_id })
-                .await?
-            {
-                ReplyBody::Unit(r) => unwire(r),
-                _ => Err(unexpected_reply()),
-            };
+            let op = ControllerOp::BrokerHeartbeat { node_id };
+            return self.forward_unit(shard, to, op).await;
         }
         self.heard_now(node_id);
         if self.image().brokers.get(&node_id).is_some_and(|b| b.fenced) {
@@ -412,10 +404,7 @@ impl Controller {
                 leader,
                 epoch,
             };
-            return match self.forward(shard, to, op).await? {
-                ReplyBody::Unit(r) => unwire(r),
-                _ => Err(unexpected_reply()),
-            };
+            return self.forward_unit(shard, to, op).await;
         }
         let stale = |img: &MetadataImage| {
             !img.groups.contains_key(&group)
@@ -519,6 +508,19 @@ impl Controller {
             )),
             n if n == r.cluster.node_id.0 => Ok(None),
             n => Ok(Some(NodeId(n))),
+        }
+    }
+
+    /// [`Controller::forward`] of a change whose answer is only success or an error.
+    async fn forward_unit(
+        &self,
+        shard: &Rc<Shard>,
+        to: NodeId,
+        op: ControllerOp,
+    ) -> Result<(), KafkaError> {
+        match self.forward(shard, to, op).await? {
+            ReplyBody::Unit(r) => unwire(r),
+            _ => Err(unexpected_reply()),
         }
     }
 
@@ -815,10 +817,7 @@ impl Controller {
                 count,
                 validate_only,
             };
-            return match self.forward(shard, to, op).await? {
-                ReplyBody::Unit(r) => unwire(r),
-                _ => Err(unexpected_reply()),
-            };
+            return self.forward_unit(shard, to, op).await;
         }
         let _one = self.one_change.acquire(1).await;
         let image = self.image();
@@ -868,10 +867,7 @@ impl Controller {
                 incremental,
                 validate_only,
             };
-            return match self.forward(shard, to, op).await? {
-                ReplyBody::Unit(r) => unwire(r),
-                _ => Err(unexpected_reply()),
-            };
+            return self.forward_unit(shard, to, op).await;
         }
         let _one = self.one_change.acquire(1).await;
         let image = self.image();

@@ -2,7 +2,6 @@
 
 use std::rc::Rc;
 
-use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -58,24 +57,9 @@ async fn lookup(
     partition: i32,
     timestamp: i64,
 ) -> Result<(i64, i64, i32), KafkaError> {
-    let meta = meta.ok_or_else(|| KafkaError::unknown_partition(name, partition))?;
-    let owner = usize::try_from(partition)
-        .ok()
-        .and_then(|i| meta.partitions.get(i))
-        .map(|p| shard.owner_core(p))
-        .ok_or_else(|| KafkaError::unknown_partition(name, partition))?;
-    let topic = meta.name.clone();
-    shard
-        .invoke_on(owner, move |s| async move {
-            let p = s.partition(&topic, partition).ok_or_else(|| {
-                KafkaError::new(
-                    ResponseError::NotLeaderOrFollower,
-                    format!("{topic}-{partition} is not on this core"),
-                )
-            })?;
-            let (offset, ts) = p.offset_for(timestamp).await?;
-            Ok((offset.0, ts, p.epoch()))
-        })
-        .await
-        .map_err(|e| KafkaError::new(ResponseError::NotLeaderOrFollower, e.to_string()))?
+    super::on_partition(shard, meta, name, partition, move |p| async move {
+        let (offset, ts) = p.offset_for(timestamp).await?;
+        Ok((offset.0, ts, p.epoch()))
+    })
+    .await
 }

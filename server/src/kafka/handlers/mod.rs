@@ -195,3 +195,41 @@ pub fn find_topic(shard: &Shard, name: &str, id: Uuid) -> Option<Arc<TopicMeta>>
     let name = img.ids.get(&id)?;
     img.topics.get(name).cloned()
 }
+
+/// Runs `f` with the partition on the core that owns it; UNKNOWN_TOPIC_OR_PARTITION when the
+/// topic or partition does not exist, NOT_LEADER_OR_FOLLOWER when this broker does not hold
+/// it (or the owner core is gone).
+pub async fn on_partition<T, F, Fut>(
+    shard: &Rc<Shard>,
+    meta: Option<Arc<TopicMeta>>,
+    name: &str,
+    partition: i32,
+    f: F,
+) -> Result<T, crate::kafka::errors::KafkaError>
+where
+    T: Send + 'static,
+    F: FnOnce(Rc<crate::partition::Partition>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, crate::kafka::errors::KafkaError>> + 'static,
+{
+    use crate::kafka::errors::KafkaError;
+    use kafka_protocol::error::ResponseError;
+    let meta = meta.ok_or_else(|| KafkaError::unknown_partition(name, partition))?;
+    let owner = usize::try_from(partition)
+        .ok()
+        .and_then(|i| meta.partitions.get(i))
+        .map(|p| shard.owner_core(p))
+        .ok_or_else(|| KafkaError::unknown_partition(name, partition))?;
+    let topic = meta.name.clone();
+    shard
+        .invoke_on(owner, move |s| async move {
+            let p = s.partition(&topic, partition).ok_or_else(|| {
+                KafkaError::new(
+                    ResponseError::NotLeaderOrFollower,
+                    format!("{topic}-{partition} is not on this broker"),
+                )
+            })?;
+            f(p).await
+        })
+        .await
+        .map_err(|e| KafkaError::new(ResponseError::NotLeaderOrFollower, e.to_string()))?
+}

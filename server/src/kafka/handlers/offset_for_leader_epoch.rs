@@ -63,45 +63,30 @@ async fn lookup(
     current: i32,
     requested: i32,
 ) -> Result<(i32, i64), KafkaError> {
-    let meta = meta.ok_or_else(|| KafkaError::unknown_partition(name, partition))?;
-    let owner = usize::try_from(partition)
-        .ok()
-        .and_then(|i| meta.partitions.get(i))
-        .map(|p| shard.owner_core(p))
-        .ok_or_else(|| KafkaError::unknown_partition(name, partition))?;
-    let topic = meta.name.clone();
-    shard
-        .invoke_on(owner, move |s| async move {
-            let p = s.partition(&topic, partition).ok_or_else(|| {
-                KafkaError::new(
-                    ResponseError::NotLeaderOrFollower,
-                    format!("{topic}-{partition} is not on this broker"),
-                )
-            })?;
-            p.check_leader()?;
-            let epoch = p.epoch();
-            if current >= 0 && current < epoch {
-                return Err(KafkaError::new(
-                    ResponseError::FencedLeaderEpoch,
-                    format!("epoch {current} is older than the leader's {epoch}"),
-                ));
-            }
-            if current > epoch {
-                return Err(KafkaError::new(
-                    ResponseError::UnknownLeaderEpoch,
-                    format!("epoch {current} is newer than the leader's {epoch}"),
-                ));
-            }
-            let terms: Vec<(i32, i64)> = p.log.terms().iter().map(|(t, o)| (t.0, o.0)).collect();
-            Ok(end_offset_for(
-                &terms,
-                requested,
-                p.log.end_offset().0,
-                epoch,
-            ))
-        })
-        .await
-        .map_err(|e| KafkaError::new(ResponseError::NotLeaderOrFollower, e.to_string()))?
+    super::on_partition(shard, meta, name, partition, move |p| async move {
+        p.check_leader()?;
+        let epoch = p.epoch();
+        if current >= 0 && current < epoch {
+            return Err(KafkaError::new(
+                ResponseError::FencedLeaderEpoch,
+                format!("epoch {current} is older than the leader's {epoch}"),
+            ));
+        }
+        if current > epoch {
+            return Err(KafkaError::new(
+                ResponseError::UnknownLeaderEpoch,
+                format!("epoch {current} is newer than the leader's {epoch}"),
+            ));
+        }
+        let terms: Vec<(i32, i64)> = p.log.terms().iter().map(|(t, o)| (t.0, o.0)).collect();
+        Ok(end_offset_for(
+            &terms,
+            requested,
+            p.log.end_offset().0,
+            epoch,
+        ))
+    })
+    .await
 }
 
 /// Kafka's rule over the epoch list `(epoch, first offset)`: the largest epoch at or below
