@@ -405,7 +405,7 @@ impl LogStore {
             ..Entry::default()
         };
         if let Some(d) = data {
-            e.data = d.to_vec().into();
+            e.data = d.clone();
         }
         e
     }
@@ -688,7 +688,7 @@ impl Durable for LogStore {
                     kind: RunKind::Noop,
                 }
             } else {
-                let b = Bytes::from(e.data.to_vec());
+                let b: Bytes = e.data.clone();
                 let header_ok = b.len() >= batch::HEADER_SIZE_BYTES
                     && batch::declared_size(&b).ok() == Some(b.len() as i64);
                 if !header_ok {
