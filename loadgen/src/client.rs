@@ -28,6 +28,7 @@ use kafka_protocol::messages::{ApiVersionsRequest, RequestHeader, ResponseHeader
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 
 use crate::error::LoadgenError;
+use crate::frame::FrameBuf;
 use crate::limits::Limits;
 
 /// Produce v13 switches to topic ids; this client names topics.
@@ -42,7 +43,8 @@ pub const LIST_OFFSETS_VERSION_MAX: i16 = 7;
 pub const CREATE_TOPICS_VERSION_MAX: i16 = 7;
 
 struct Outgoing {
-    frame: Bytes,
+    /// The frame's pieces, written one after another (see `frame`).
+    frame: Vec<Bytes>,
     /// Fired once the frame is written (requests that get no response: acks=0 produce).
     written: Option<oneshot::Sender<()>>,
 }
@@ -111,7 +113,14 @@ impl Connection {
                 if s.closed.borrow().is_some() {
                     break;
                 }
-                if let Err(e) = writer.write_all(&o.frame).await {
+                let mut failed = None;
+                for piece in &o.frame {
+                    if let Err(e) = writer.write_all(piece).await {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                if let Some(e) = failed {
                     s.fail(format!("write: {e}"));
                     break;
                 }
@@ -233,7 +242,14 @@ impl Connection {
         self.shared.closed.borrow().clone()
     }
 
-    fn frame<R: Request>(&self, req: &R, version: i16) -> Result<(i32, Bytes), LoadgenError> {
+    /// Encodes `req` with its size prefix; large slices that are one of `splice` are
+    /// referenced, not copied (see [`crate::frame`]).
+    fn frame<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        splice: &[Bytes],
+    ) -> Result<(i32, Vec<Bytes>), LoadgenError> {
         let correlation = self.correlation.get();
         self.correlation.set(correlation.wrapping_add(1));
         let header = RequestHeader::default()
@@ -246,13 +262,18 @@ impl Connection {
             .compute_size(hv)
             .and_then(|h| req.compute_size(version).map(|b| h + b))
             .map_err(|e| self.protocol(format!("encoding request: {e}")))?;
-        let mut buf = BytesMut::with_capacity(4 + size);
+        let spliced: usize = splice
+            .iter()
+            .filter(|b| b.len() >= crate::frame::SPLICE_MIN_BYTES)
+            .map(|b| b.len())
+            .sum();
+        let mut buf = FrameBuf::new((4 + size).saturating_sub(spliced), splice);
         buf.put_i32(size as i32);
         header
             .encode(&mut buf, hv)
             .and_then(|_| req.encode(&mut buf, version))
             .map_err(|e| self.protocol(format!("encoding request: {e}")))?;
-        Ok((correlation, buf.freeze()))
+        Ok((correlation, buf.finish()))
     }
 
     fn check_open(&self) -> Result<(), LoadgenError> {
@@ -267,7 +288,7 @@ impl Connection {
 
     /// Hands a frame to the writer task, counting it outstanding until its response (or, with
     /// `written`, its write) arrives.
-    fn enqueue(&self, frame: Bytes, written: Option<oneshot::Sender<()>>) {
+    fn enqueue(&self, frame: Vec<Bytes>, written: Option<oneshot::Sender<()>>) {
         self.shared
             .outstanding
             .set(self.shared.outstanding.get() + 1);
@@ -287,8 +308,19 @@ impl Connection {
         req: &R,
         version: i16,
     ) -> Result<LocalBoxFuture<'static, Result<R::Response, LoadgenError>>, LoadgenError> {
+        self.send_spliced(req, version, &[])
+    }
+
+    /// [`Connection::send`], with the large slices of `req` that are one of `splice` (record
+    /// batches) written from those buffers instead of being copied into the frame.
+    pub fn send_spliced<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        splice: &[Bytes],
+    ) -> Result<LocalBoxFuture<'static, Result<R::Response, LoadgenError>>, LoadgenError> {
         self.check_open()?;
-        let (correlation, frame) = self.frame(req, version)?;
+        let (correlation, frame) = self.frame(req, version, splice)?;
         let (tx, rx) = oneshot::channel();
         self.shared
             .pending
@@ -334,9 +366,10 @@ impl Connection {
         &self,
         req: &R,
         version: i16,
+        splice: &[Bytes],
     ) -> Result<LocalBoxFuture<'static, Result<(), LoadgenError>>, LoadgenError> {
         self.check_open()?;
-        let (_, frame) = self.frame(req, version)?;
+        let (_, frame) = self.frame(req, version, splice)?;
         let (tx, rx) = oneshot::channel();
         self.enqueue(frame, Some(tx));
         let addr = self.addr;

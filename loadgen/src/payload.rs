@@ -25,6 +25,10 @@ pub const MAGIC: [u8; 4] = *b"RLG1";
 
 const FILLER_BYTES: usize = 1 << 16;
 
+/// Values are cut from chunks of this size (one allocation per chunk instead of one per
+/// message; a chunk is freed when the last batch holding one of its values is dropped).
+const ARENA_CHUNK_BYTES: usize = 1 << 20;
+
 /// Maps monotonic instants to wall-clock microseconds. Every core of one run shares one
 /// mapping, so stamps and readings in this process are consistent and monotonic; another
 /// process on the same host reads them against its own mapping of the same wall clock.
@@ -73,6 +77,7 @@ pub struct Payloads {
     rng: SmallRng,
     size: MessageSize,
     keys: Option<Vec<Bytes>>,
+    arena: BytesMut,
 }
 
 impl Payloads {
@@ -89,6 +94,7 @@ impl Payloads {
             rng,
             size,
             keys,
+            arena: BytesMut::new(),
         }
     }
 
@@ -105,17 +111,29 @@ impl Payloads {
     /// A value of `size` bytes stamped with `intended_us` (unstamped if shorter than 12).
     pub fn value(&mut self, size: u32, intended_us: u64) -> Bytes {
         let size = size as usize;
-        let mut b = BytesMut::with_capacity(size);
+        if self.arena.capacity() < size {
+            self.arena = BytesMut::with_capacity(ARENA_CHUNK_BYTES.max(size));
+        }
+        let mut arena = std::mem::take(&mut self.arena);
+        self.write_value(&mut arena, size, intended_us);
+        let v = arena.split().freeze();
+        self.arena = arena;
+        v
+    }
+
+    /// Appends a value of `size` bytes stamped with `intended_us` to `b` (what [`Self::value`]
+    /// returns, written where the caller wants it).
+    pub fn write_value(&mut self, b: &mut BytesMut, size: usize, intended_us: u64) {
+        let end = b.len() + size;
         if size >= 12 {
             b.put_slice(&MAGIC);
             b.put_u64(intended_us);
         }
-        while b.len() < size {
+        while b.len() < end {
             let start = self.rng.gen_range(0..FILLER_BYTES as u64) as usize;
-            let n = (size - b.len()).min(FILLER_BYTES - start);
+            let n = (end - b.len()).min(FILLER_BYTES - start);
             b.put_slice(&self.filler[start..start + n]);
         }
-        b.freeze()
     }
 
     /// The next key, if the workload is keyed.

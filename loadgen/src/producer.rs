@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::future::{Either, LocalBoxFuture};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -30,11 +30,12 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType, NO_PARTITION_LEADER_EPOCH,
-    NO_PRODUCER_EPOCH, NO_PRODUCER_ID,
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID,
 };
 use rand::Rng as _;
 
+use crate::batch::BatchBuilder;
 use crate::client::{Connection, PRODUCE_VERSION_MAX};
 use crate::cluster::{self, ClusterView};
 use crate::core::{bump, CoreStats, RunShared};
@@ -55,10 +56,27 @@ pub struct ProducerCtx {
 
 /// A partition's open batch.
 struct Batch {
-    records: Vec<Record>,
+    body: Body,
     bytes: usize,
+    value_bytes: u64,
     intended: Vec<Instant>,
     created: Instant,
+}
+
+/// A batch's records: built in place when uncompressed (see [`crate::batch`]), else kept for
+/// the `kafka-protocol` encoder to compress.
+enum Body {
+    Built(BatchBuilder),
+    Records(Vec<Record>),
+}
+
+impl Body {
+    fn is_empty(&self) -> bool {
+        match self {
+            Body::Built(b) => b.count() == 0,
+            Body::Records(r) => r.is_empty(),
+        }
+    }
 }
 
 /// A sent request's messages.
@@ -267,7 +285,6 @@ impl Producer {
         let w = &self.ctx.workload;
         let size = self.payloads.next_size();
         let stamp = self.ctx.stats.clock.wall_us(intended);
-        let value = self.payloads.value(size, stamp);
         let key = self.payloads.next_key();
         let partition = match &key {
             Some(k) => partition_for_key(k, w.partitions),
@@ -281,35 +298,57 @@ impl Producer {
         }
         let full = q
             .back()
-            .is_none_or(|b| !b.records.is_empty() && b.bytes + bytes > w.batch_size_bytes);
+            .is_none_or(|b| !b.body.is_empty() && b.bytes + bytes > w.batch_size_bytes);
         if full {
+            let body = if w.compression == Compression::None {
+                // Room for a full batch (a record's framing is about the 16 bytes counted
+                // for it in `bytes`), so the buffer does not grow by copying.
+                let cap = w.batch_size_bytes.max(bytes);
+                Body::Built(BatchBuilder::new(cap + cap / 16 + 256))
+            } else {
+                Body::Records(Vec::new())
+            };
             q.push_back(Batch {
-                records: Vec::new(),
+                body,
                 bytes: 0,
+                value_bytes: 0,
                 intended: Vec::new(),
                 created: now,
             });
         }
         let b = q.back_mut().expect("a batch was just ensured");
-        let i = b.records.len() as i64;
-        b.records.push(Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-            producer_id: NO_PRODUCER_ID,
-            producer_epoch: NO_PRODUCER_EPOCH,
-            timestamp_type: TimestampType::Creation,
-            offset: i,
-            // The encoder groups records whose offset - sequence is constant; -1 on the first
-            // record makes the batch's base sequence NO_SEQUENCE (not idempotent).
-            sequence: i as i32 - 1,
-            timestamp: timestamp_ms,
-            key,
-            value: Some(value),
-            headers: Default::default(),
-        });
+        match &mut b.body {
+            Body::Built(builder) => {
+                let payloads = &mut self.payloads;
+                builder.push(timestamp_ms, key.as_deref(), size as usize, |buf| {
+                    payloads.write_value(buf, size as usize, stamp)
+                });
+            }
+            Body::Records(records) => {
+                let value = self.payloads.value(size, stamp);
+                let i = records.len() as i64;
+                records.push(Record {
+                    transactional: false,
+                    control: false,
+                    delete_horizon: false,
+                    partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
+                    producer_id: NO_PRODUCER_ID,
+                    producer_epoch: NO_PRODUCER_EPOCH,
+                    timestamp_type: TimestampType::Creation,
+                    offset: i,
+                    // The encoder groups records whose offset - sequence is constant; -1 on
+                    // the first record makes the batch's base sequence NO_SEQUENCE (not
+                    // idempotent).
+                    sequence: i as i32 - 1,
+                    timestamp: timestamp_ms,
+                    key,
+                    value: Some(value),
+                    headers: Default::default(),
+                });
+            }
+        }
         b.bytes += bytes;
+        b.value_bytes += size as u64;
         b.intended.push(intended);
         self.buffered_bytes += bytes;
         if b.bytes >= w.batch_size_bytes && self.ctx.workload.key_count.is_none() {
@@ -404,6 +443,7 @@ impl Producer {
             let mut parts = parts.into_iter().peekable();
             while parts.peek().is_some() && conn.outstanding() < w.max_in_flight {
                 let mut data = Vec::new();
+                let mut splice = Vec::new();
                 let mut sent = Sent {
                     node,
                     at: Instant::now(),
@@ -430,26 +470,32 @@ impl Producer {
                     }
                     self.buffered_bytes -= b.bytes;
                     req_bytes += b.bytes;
-                    let mut buf = BytesMut::with_capacity(b.bytes + 128);
-                    let opts = RecordEncodeOptions {
-                        version: 2,
-                        compression: w.compression,
+                    let value_bytes = b.value_bytes;
+                    let buf = match b.body {
+                        Body::Built(builder) => builder.finish(),
+                        Body::Records(records) => {
+                            let mut buf = BytesMut::with_capacity(b.bytes + 128);
+                            let opts = RecordEncodeOptions {
+                                version: 2,
+                                compression: w.compression,
+                            };
+                            if let Err(e) =
+                                RecordBatchEncoder::encode(&mut buf, records.iter(), &opts)
+                            {
+                                eprintln!("producer {}: encoding a batch failed: {e}", self.ctx.id);
+                                let in_w = self.in_window(&b.intended);
+                                self.ctx.stats.failed(b.intended.len() as u64, in_w);
+                                continue;
+                            }
+                            buf.freeze()
+                        }
                     };
-                    let value_bytes: u64 = b
-                        .records
-                        .iter()
-                        .map(|r| r.value.as_ref().map_or(0, |v| v.len() as u64))
-                        .sum();
-                    if let Err(e) = RecordBatchEncoder::encode(&mut buf, b.records.iter(), &opts) {
-                        eprintln!("producer {}: encoding a batch failed: {e}", self.ctx.id);
-                        let in_w = self.in_window(&b.intended);
-                        self.ctx.stats.failed(b.intended.len() as u64, in_w);
-                        continue;
-                    }
+                    let records = buf;
+                    splice.push(records.clone());
                     data.push(
                         PartitionProduceData::default()
                             .with_index(p as i32)
-                            .with_records(Some(Bytes::from(buf))),
+                            .with_records(Some(records)),
                     );
                     sent.parts.push((p, b.intended, value_bytes));
                 }
@@ -469,10 +515,10 @@ impl Producer {
                 );
                 let fut = match conn.version::<ProduceRequest>(PRODUCE_VERSION_MAX) {
                     Ok(v) if w.acks == Acks::None => conn
-                        .send_without_response(&req, v)
+                        .send_without_response(&req, v, &splice)
                         .map(|f| f.map(|r| r.map(|()| Reply::Written)).boxed_local()),
                     Ok(v) => conn
-                        .send(&req, v)
+                        .send_spliced(&req, v, &splice)
                         .map(|f| f.map(|r| r.map(Reply::Acked)).boxed_local()),
                     Err(e) => Err(e),
                 };

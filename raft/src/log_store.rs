@@ -44,7 +44,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
 use ringlog_storage::batch::{self, BatchHeader};
@@ -324,11 +324,15 @@ impl LogStore {
                     let term = Term(i32::try_from(run.term).map_err(|_| {
                         LogStoreError::Invariant(format!("term {} out of range", run.term))
                     })?);
-                    let bytes = match &run.kind {
-                        RunKind::Batch(b) => BytesMut::from(&b[..]),
-                        RunKind::Noop => batch::build::encode_control_batch(&NOOP_CONTROL_KEY, 0),
+                    // A batch was stamped with its offset and term when it was proposed and
+                    // is shared with raft-rs, so it goes in without a copy.
+                    let info = match &run.kind {
+                        RunKind::Batch(b) => log.append_stamped(b.clone(), term).await?,
+                        RunKind::Noop => {
+                            let noop = batch::build::encode_control_batch(&NOOP_CONTROL_KEY, 0);
+                            log.append(noop, term).await?
+                        }
                     };
-                    let info = log.append(bytes, term).await?;
                     if info.base_offset != offset_of(RaftIndex(run.first))
                         || info.last_offset != offset_of(RaftIndex(run.last))
                     {

@@ -141,7 +141,7 @@ impl<S: Storage + Durable> Replica<S> {
     pub fn propose_run(
         &mut self,
         records: usize,
-        stamp: impl FnOnce(RaftIndex, RaftTerm) -> Result<Vec<u8>, String>,
+        stamp: impl FnOnce(RaftIndex, RaftTerm) -> Result<bytes::Bytes, String>,
     ) -> Result<(RaftIndex, RaftIndex), ReplicaError> {
         if !self.is_leader() || self.node.raft.lead_transferee.is_some() {
             return Err(ReplicaError::Raft(raft::Error::ProposalDropped));
@@ -153,7 +153,7 @@ impl<S: Storage + Durable> Replica<S> {
         m.set_msg_type(raft::prelude::MessageType::MsgPropose);
         m.from = self.node.raft.id;
         m.entries.push(Entry {
-            data: data.into(),
+            data,
             ..Entry::default()
         });
         for _ in 1..records.max(1) {

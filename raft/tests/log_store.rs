@@ -171,7 +171,7 @@ impl Cluster {
         r.propose_run(records, |at, term| {
             let mut b = encode_batch(&recs, 1_700_000_000_000);
             log_store::stamp_for_proposal(&mut b, at, term)?;
-            Ok(b.to_vec())
+            Ok(b.freeze())
         })
         .expect("propose")
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
-use ringlog_storage::batch::BatchHeader;
+use ringlog_storage::batch::{BatchHeader, CheckedBatch};
 use ringlog_storage::sync::LocalSemaphore;
 use ringlog_storage::{batch, Log, LogConfig, Offset, Term, TimestampMs};
 
@@ -167,18 +167,18 @@ impl Partition {
     /// durability), so the connection can start its next request without reordering appends.
     pub async fn produce(
         self: &Rc<Self>,
-        records: Bytes,
+        records: BytesMut,
         acks: i16,
         appended: futures::channel::oneshot::Sender<()>,
     ) -> Result<Offset, KafkaError> {
         if let Some(g) = &self.raft {
             return self.produce_replicated(g, records, acks, appended).await;
         }
-        let batches = split_batches(&records)?;
+        let batches = split_batches(records)?;
         let term = Term(self.leader_epoch.get());
         let mut base = None;
         let mut last = Offset(-1);
-        let headers: Vec<BatchHeader> = batches.iter().map(|b| BatchHeader::read(b)).collect();
+        let headers: Vec<BatchHeader> = batches.iter().map(|b| b.header()).collect();
         let idempotent = headers.iter().any(|h| h.producer_id >= 0);
         let _guard = match idempotent {
             true => Some(self.idempotent_append.acquire(1).await),
@@ -192,14 +192,14 @@ impl Partition {
                 return Err(KafkaError::new(*code, msg.clone()));
             }
         }
-        for ((b, h), v) in batches.iter().zip(&headers).zip(verdicts) {
+        for ((b, h), v) in batches.into_iter().zip(&headers).zip(verdicts) {
             match v {
                 Verdict::Duplicate(orig) => {
                     base.get_or_insert(orig.base_offset);
                     last = last.max(orig.last_offset);
                 }
                 _ => {
-                    let info = self.log.append(BytesMut::from(&b[..]), term).await?;
+                    let info = self.log.append_checked(b, term).await?;
                     if h.producer_id >= 0 {
                         self.producers.borrow_mut().record(h, info.base_offset);
                         self.producers_dirty.set(true);
@@ -248,25 +248,25 @@ impl Partition {
     async fn produce_replicated(
         self: &Rc<Self>,
         g: &Rc<crate::cluster::group::RaftGroup>,
-        records: Bytes,
+        records: BytesMut,
         acks: i16,
         appended: futures::channel::oneshot::Sender<()>,
     ) -> Result<Offset, KafkaError> {
-        let batches = split_batches(&records)?;
+        let batches = split_batches(records)?;
         let size_max = self.log.config().max_message_bytes;
-        if let Some(b) = batches.iter().find(|b| b.len() > size_max) {
+        if let Some(b) = batches.iter().find(|b| b.size_bytes() > size_max) {
             return Err(KafkaError::new(
                 ResponseError::MessageTooLarge,
                 format!(
                     "record batch of {} bytes is over max.message.bytes {size_max}",
-                    b.len()
+                    b.size_bytes()
                 ),
             ));
         }
         if !g.is_leader() {
             return Err(g.not_leader());
         }
-        let headers: Vec<BatchHeader> = batches.iter().map(|b| BatchHeader::read(b)).collect();
+        let headers: Vec<BatchHeader> = batches.iter().map(|b| b.header()).collect();
         let idempotent = headers.iter().any(|h| h.producer_id >= 0);
         let _guard = match idempotent {
             true => Some(self.idempotent_append.acquire(1).await),
@@ -284,7 +284,7 @@ impl Partition {
             }
         }
         let (mut base, mut proposed, mut last) = (None, None::<(Offset, Offset)>, Offset(-1));
-        for ((b, h), v) in batches.iter().zip(&headers).zip(verdicts) {
+        for ((b, h), v) in batches.into_iter().zip(&headers).zip(verdicts) {
             match v {
                 Verdict::Duplicate(orig) => {
                     base.get_or_insert(orig.base_offset);
@@ -383,7 +383,7 @@ impl Partition {
         let b = batch::build::encode_batch(records, now_ms);
         if let Some(g) = &self.raft {
             let term = g.term();
-            let (first, last) = g.propose_batch(&b.freeze())?;
+            let (first, last) = g.propose_built(b)?;
             let deadline = Instant::now() + self.replication_timeout;
             return g.wait_committed(term, first, last, deadline).await;
         }
@@ -548,27 +548,24 @@ async fn rebuild_producer_states(
 
 /// Splits the `records` of a produce partition into record batches, validating each fully
 /// (length, magic, CRC) before anything is appended.
-pub fn split_batches(records: &Bytes) -> Result<Vec<Bytes>, KafkaError> {
+pub fn split_batches(mut records: BytesMut) -> Result<Vec<CheckedBatch>, KafkaError> {
     let mut out = Vec::new();
-    let mut at = 0;
-    while at < records.len() {
-        let rest = &records[at..];
-        let size = batch::declared_size(rest)
+    while !records.is_empty() {
+        let size = batch::declared_size(&records)
             .map_err(|e| KafkaError::new(ResponseError::CorruptMessage, e.to_string()))?;
-        if size as usize > rest.len() {
+        if size as usize > records.len() {
             return Err(KafkaError::new(
                 ResponseError::CorruptMessage,
                 format!(
                     "record batch of {size} bytes is truncated to {}",
-                    rest.len()
+                    records.len()
                 ),
             ));
         }
-        let b = records.slice(at..at + size as usize);
-        batch::Batch::parse(b.clone())
+        let b = records.split_to(size as usize);
+        let b = CheckedBatch::check(b)
             .map_err(|e| KafkaError::from(ringlog_storage::StorageError::from(e)))?;
         out.push(b);
-        at += size as usize;
     }
     if out.is_empty() {
         return Err(KafkaError::new(

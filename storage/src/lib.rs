@@ -33,7 +33,7 @@ mod retention;
 mod segment;
 mod truncate;
 
-pub use batch::{Batch, BatchError, BatchHeader};
+pub use batch::{Batch, BatchError, BatchHeader, CheckedBatch};
 pub use cache::BatchCache;
 pub use compaction::CompactionReport;
 pub use config::{CleanupPolicy, ConfigError, LogConfig, StorageLimits};

@@ -104,6 +104,23 @@ pub struct Log {
     pub(crate) sync_slots: RefCell<Option<Rc<crate::sync::LocalSemaphore>>>,
 }
 
+/// A batch on its way into [`Log::append_inner`].
+enum Incoming {
+    /// To be stamped in place with the offset the log assigns.
+    Stamp(BytesMut),
+    /// Already stamped (checked against the offset the log assigns).
+    Stamped(Bytes),
+}
+
+impl Incoming {
+    fn len(&self) -> usize {
+        match self {
+            Incoming::Stamp(b) => b.len(),
+            Incoming::Stamped(b) => b.len(),
+        }
+    }
+}
+
 impl Log {
     /// Opens (or creates) the log in `dir`, running recovery: sealed segments load their
     /// indexes (rebuilt if missing or damaged), the active segment is scanned and any torn or
@@ -220,14 +237,41 @@ impl Log {
     /// Validates a batch as a producer sent it, assigns its offsets, stamps them and `term` into
     /// the header, and queues it for writing. Waits when the in-flight write bound is reached.
     /// The batch is readable at once and durable after the next [`Log::flush`].
-    pub async fn append(&self, mut batch: BytesMut, term: Term) -> Result<AppendInfo> {
+    pub async fn append(&self, batch: BytesMut, term: Term) -> Result<AppendInfo> {
+        self.check_size(batch.len())?;
+        self.append_checked(batch::CheckedBatch::check(batch)?, term)
+            .await
+    }
+
+    fn check_size(&self, size_bytes: usize) -> Result<()> {
         let size_bytes_max = self.config.borrow().max_message_bytes;
-        if batch.len() > size_bytes_max {
+        if size_bytes > size_bytes_max {
             return Err(StorageError::BatchTooLarge {
-                size_bytes: batch.len(),
+                size_bytes,
                 size_bytes_max,
             });
         }
+        Ok(())
+    }
+
+    /// [`Log::append`] for a batch whose CRC and header the caller already checked (through
+    /// [`batch::CheckedBatch::check`]), so they are not checked twice.
+    pub async fn append_checked(
+        &self,
+        batch: batch::CheckedBatch,
+        term: Term,
+    ) -> Result<AppendInfo> {
+        self.check_size(batch.size_bytes())?;
+        self.append_inner(Incoming::Stamp(batch.into_inner()), term)
+            .await
+    }
+
+    /// Appends a batch that already carries its stamp: its `baseOffset` must be the log's next
+    /// offset and its `partitionLeaderEpoch` `term` (a Raft entry, stamped when it was
+    /// proposed and shared with the Raft layer, so it is not copied here). Checked like
+    /// [`Log::append`], CRC included.
+    pub async fn append_stamped(&self, batch: Bytes, term: Term) -> Result<AppendInfo> {
+        self.check_size(batch.len())?;
         let declared = batch::declared_size(&batch)?;
         if declared != batch.len() as i64 {
             return Err(BatchError::LengthMismatch {
@@ -238,6 +282,14 @@ impl Log {
         }
         batch::validate_header(&batch)?;
         batch::verify_crc(&batch)?;
+        if BatchHeader::read(&batch).term != term {
+            return Err(BatchError::BadField("stamped epoch is not the append's term").into());
+        }
+        self.append_inner(Incoming::Stamped(batch), term).await
+    }
+
+    async fn append_inner(&self, batch: Incoming, term: Term) -> Result<AppendInfo> {
+        let len = batch.len();
         loop {
             let roll = {
                 let st = self.state.borrow();
@@ -247,7 +299,7 @@ impl Log {
                 if st.terms.last().is_some_and(|(t, _)| term < *t) {
                     return Err(BatchError::BadField("term older than the log's last term").into());
                 }
-                st.frozen || self.needs_roll(&st, batch.len())
+                st.frozen || self.needs_roll(&st, len)
             };
             if !roll {
                 if self.state.borrow().known_terms.contains(&term) {
@@ -256,13 +308,26 @@ impl Log {
                 self.record_term(term).await?;
                 continue;
             }
-            self.roll_if_needed(batch.len(), false).await?;
+            self.roll_if_needed(len, false).await?;
         }
         let info = {
             let mut st = self.state.borrow_mut();
             let base = st.next_offset;
-            batch::stamp(&mut batch, base, term);
-            let bytes = batch.freeze();
+            let bytes = match batch {
+                Incoming::Stamp(mut b) => {
+                    batch::stamp(&mut b, base, term);
+                    b.freeze()
+                }
+                Incoming::Stamped(b) => {
+                    if BatchHeader::read(&b).base_offset != base {
+                        return Err(BatchError::BadField(
+                            "stamped base offset is not the next offset",
+                        )
+                        .into());
+                    }
+                    b
+                }
+            };
             let h = BatchHeader::read(&bytes);
             let last = h.last_offset();
             let pos = st.active.appender.end_pos();

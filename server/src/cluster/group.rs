@@ -19,13 +19,13 @@ use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use kafka_protocol::error::ResponseError;
 use rand::Rng;
 use ringlog_raft::log_store::{self, LogStore, Progress};
 use ringlog_raft::replica::{Replica, ReplicaError, Timing};
 use ringlog_raft::types::{GroupId, NodeId, RaftIndex, RaftTerm};
-use ringlog_storage::batch::BatchHeader;
+use ringlog_storage::batch::{BatchHeader, CheckedBatch};
 use ringlog_storage::{Log, Offset};
 
 use super::rpc::Transport;
@@ -323,16 +323,26 @@ impl RaftGroup {
         self.hw.get()
     }
 
-    /// Proposes one stamped-on-the-way batch; returns its first and last offset. Fails with
-    /// NOT_LEADER_OR_FOLLOWER on a follower or a leader stepping down.
-    pub fn propose_batch(&self, batch: &Bytes) -> Result<(Offset, Offset), KafkaError> {
-        let h = BatchHeader::read(batch);
+    /// Proposes a batch this broker built itself (internal records).
+    pub fn propose_built(&self, batch: BytesMut) -> Result<(Offset, Offset), KafkaError> {
+        let b = CheckedBatch::check(batch)
+            .map_err(|e| KafkaError::from(ringlog_storage::StorageError::from(e)))?;
+        self.propose_batch(b)
+    }
+
+    /// Proposes one batch, stamped in place on the way; returns its first and last offset.
+    /// Fails with NOT_LEADER_OR_FOLLOWER on a follower or a leader stepping down.
+    pub fn propose_batch(&self, batch: CheckedBatch) -> Result<(Offset, Offset), KafkaError> {
+        let h = batch.header();
         let records = usize::try_from(h.last_offset_delta).unwrap_or(0) + 1;
-        let r = self.replica.borrow_mut().propose_run(records, |at, term| {
-            let mut v = batch.to_vec();
-            log_store::stamp_for_proposal(&mut v, at, term)?;
-            Ok(v)
-        });
+        let r = self
+            .replica
+            .borrow_mut()
+            .propose_run(records, move |at, term| {
+                let mut v = batch.into_inner();
+                log_store::stamp_for_proposal(&mut v, at, term)?;
+                Ok(v.freeze())
+            });
         let (first, last) = match r {
             Ok(run) => run,
             Err(ReplicaError::Raft(raft::Error::ProposalDropped)) => {

@@ -111,6 +111,10 @@ pub struct Decoded {
     pub header: RequestHeader,
     /// The body.
     pub request: RequestKind,
+    /// A Produce request's records, one entry per partition in request order, in buffers of
+    /// their own (taken out of the request, whose `records` are then `None`); empty for
+    /// other APIs.
+    pub produce_records: Vec<Option<BytesMut>>,
 }
 
 /// Why a frame could not be decoded.
@@ -126,7 +130,8 @@ pub enum DecodeError {
 }
 
 /// Decodes a request frame (without its size prefix). Never panics, whatever the bytes.
-pub fn decode_request(mut body: Bytes) -> Result<Decoded, DecodeError> {
+pub fn decode_request(frame: Bytes) -> Result<Decoded, DecodeError> {
+    let mut body = frame.clone();
     let close = |s: String| Err(DecodeError::Close(s));
     if body.len() < 8 {
         return close(format!(
@@ -155,15 +160,22 @@ pub fn decode_request(mut body: Bytes) -> Result<Decoded, DecodeError> {
         Ok(h) => h,
         Err(e) => return close(format!("bad {api:?} request header: {e}")),
     };
-    let request = match RequestKind::decode(api, &mut body, version) {
+    let mut header = header;
+    let mut request = match RequestKind::decode(api, &mut body, version) {
         Ok(r) => r,
         Err(e) => return close(format!("bad {api:?} v{version} request: {e}")),
+    };
+    drop(body);
+    let produce_records = match &mut request {
+        RequestKind::Produce(r) => handlers::produce::take_records(&mut header, r, frame),
+        _ => Vec::new(),
     };
     Ok(Decoded {
         api,
         version,
         header,
         request,
+        produce_records,
     })
 }
 
@@ -186,7 +198,7 @@ async fn handle_frame(
             return Outcome::Close(reason);
         }
     };
-    match handlers::handle(&shard, &d.header, d.request, dispatched).await {
+    match handlers::handle(&shard, &d.header, d.request, d.produce_records, dispatched).await {
         handlers::Reply::Response(resp) => frame(
             d.header.correlation_id,
             d.api.response_header_version(d.version),
@@ -284,5 +296,78 @@ mod tests {
             f.extend(extra);
             let _ = decode_request(Bytes::from(f));
         }
+    }
+}
+
+#[cfg(test)]
+mod produce_records_tests {
+    use super::*;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, RequestHeader, TopicName};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    fn produce_frame(records: &[Option<Vec<u8>>], version: i16) -> Vec<u8> {
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("a-topic")))
+                .with_partition_data(
+                    records
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| {
+                            PartitionProduceData::default()
+                                .with_index(i as i32)
+                                .with_records(r.clone().map(Bytes::from))
+                        })
+                        .collect(),
+                )]);
+        let mut b = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(ApiKey::Produce as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7)
+            .with_client_id(Some(StrBytes::from_static_str("a-client")))
+            .encode(&mut b, ApiKey::Produce.request_header_version(version))
+            .expect("header");
+        req.encode(&mut b, version).expect("body");
+        b.to_vec()
+    }
+
+    #[test]
+    fn records_are_carved_out_of_the_frame_without_a_copy() {
+        let records = vec![Some(vec![1u8; 300]), None, Some(vec![2u8; 5000])];
+        for version in [3i16, 8, 9, 12] {
+            let frame = Bytes::from(produce_frame(&records, version));
+            let range = frame.as_ptr_range();
+            let d = decode_request(frame).expect("decodes");
+            assert_eq!(d.produce_records.len(), 3);
+            for (got, want) in d.produce_records.iter().zip(&records) {
+                assert_eq!(got.as_deref(), want.as_deref(), "version {version}");
+                if let Some(g) = got {
+                    assert!(range.contains(&g.as_ptr()), "copied, version {version}");
+                }
+            }
+            let RequestKind::Produce(r) = &d.request else {
+                panic!("not a produce request")
+            };
+            assert_eq!(&*r.topic_data[0].name.0, "a-topic");
+            assert!(r.topic_data[0]
+                .partition_data
+                .iter()
+                .all(|p| p.records.is_none()));
+            assert_eq!(d.header.client_id.as_deref(), Some("a-client"));
+        }
+    }
+
+    #[test]
+    fn a_frame_still_shared_has_its_records_copied() {
+        let records = vec![Some(vec![3u8; 700])];
+        let frame = Bytes::from(produce_frame(&records, 9));
+        let other_handle = frame.clone();
+        let d = decode_request(frame).expect("decodes");
+        let got = d.produce_records[0].as_ref().expect("records");
+        assert_eq!(&got[..], &records[0].as_ref().unwrap()[..]);
+        assert!(!other_handle.as_ptr_range().contains(&got.as_ptr()));
     }
 }

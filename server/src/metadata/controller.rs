@@ -306,7 +306,7 @@ impl Controller {
                     }],
                     now_ms(),
                 );
-                if let Err(e) = r.group.propose_batch(&b.freeze()) {
+                if let Err(e) = r.group.propose_built(b) {
                     tracing::warn!(error = %e.message, "proposing the cluster id");
                 }
             }
@@ -612,10 +612,7 @@ impl Controller {
                 }],
                 now_ms(),
             );
-            let (f, l) = r
-                .group
-                .propose_batch(&b.freeze())
-                .map_err(as_not_controller)?;
+            let (f, l) = r.group.propose_built(b).map_err(as_not_controller)?;
             span = Some((span.map_or(f, |(f0, _)| f0), l));
         }
         let Some((first, last)) = span else {

@@ -99,6 +99,7 @@ pub async fn handle(
     shard: &Rc<Shard>,
     header: &RequestHeader,
     request: RequestKind,
+    produce_records: Vec<Option<bytes::BytesMut>>,
     mut dispatched: Dispatched,
 ) -> Reply {
     let version = header.request_api_version;
@@ -110,7 +111,9 @@ pub async fn handle(
         RequestKind::Metadata(r) => respond(ResponseKind::Metadata(
             metadata::handle(shard, r, version).await,
         )),
-        RequestKind::Produce(r) => produce::handle(shard, r, version, dispatched).await,
+        RequestKind::Produce(r) => {
+            produce::handle(shard, r, produce_records, version, dispatched).await
+        }
         RequestKind::Fetch(r) => fetch::handle(shard, r, version).await,
         RequestKind::ListOffsets(r) => respond(ResponseKind::ListOffsets(
             list_offsets::handle(shard, r, version).await,

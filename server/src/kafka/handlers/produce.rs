@@ -10,23 +10,92 @@
 //! answers. Requests on one connection are therefore appended in the order they were sent,
 //! while their fsyncs overlap (group commit).
 
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
+use kafka_protocol::messages::{
+    ProduceRequest, ProduceResponse, RequestHeader, ResponseKind, TopicName, TransactionalId,
+};
 use kafka_protocol::protocol::StrBytes;
 
 use super::{find_topic, Dispatched, Reply};
 use crate::kafka::errors::KafkaError;
 use crate::shard::Shard;
 
-/// Handles a Produce request.
+/// Takes the records of every partition of `req` out of the request frame, in request order,
+/// as buffers the log can stamp in place (the batches are then neither copied to be stamped
+/// nor checked twice).
+///
+/// The decoded request and header hold slices of `frame`; the small ones (names, the client
+/// id) are copied to owned strings, unknown tagged fields (which nothing reads) are dropped,
+/// and then `frame` is the only handle on its buffer, which is split into the record slices
+/// without a copy. Should another handle remain, the records are copied instead.
+pub fn take_records(
+    header: &mut RequestHeader,
+    req: &mut ProduceRequest,
+    frame: Bytes,
+) -> Vec<Option<BytesMut>> {
+    let own = |s: &StrBytes| StrBytes::from_string(s.to_string());
+    header.client_id = header.client_id.as_ref().map(own);
+    header.unknown_tagged_fields.clear();
+    req.transactional_id = req
+        .transactional_id
+        .as_ref()
+        .map(|t| TransactionalId(own(&t.0)));
+    req.unknown_tagged_fields.clear();
+    let base = frame.as_ptr() as usize;
+    let mut ranges = Vec::new();
+    for t in &mut req.topic_data {
+        t.name = TopicName(own(&t.name.0));
+        t.unknown_tagged_fields.clear();
+        for p in &mut t.partition_data {
+            p.unknown_tagged_fields.clear();
+            ranges.push(p.records.take().map(|r| {
+                let start = r.as_ptr() as usize - base;
+                start..start + r.len()
+            }));
+        }
+    }
+    let in_order = ranges
+        .iter()
+        .flatten()
+        .try_fold(0, |end, r| (r.start >= end).then_some(r.end))
+        .is_some();
+    match frame.try_into_mut() {
+        Ok(mut buf) if in_order => {
+            let mut at = 0;
+            ranges
+                .into_iter()
+                .map(|r| {
+                    r.map(|r| {
+                        buf.advance(r.start - at);
+                        at = r.end;
+                        buf.split_to(r.len())
+                    })
+                })
+                .collect()
+        }
+        Ok(buf) => copy_ranges(&buf, ranges),
+        Err(frame) => copy_ranges(&frame, ranges),
+    }
+}
+
+fn copy_ranges(frame: &[u8], ranges: Vec<Option<Range<usize>>>) -> Vec<Option<BytesMut>> {
+    ranges
+        .into_iter()
+        .map(|r| r.map(|r| BytesMut::from(&frame[r])))
+        .collect()
+}
+
+/// Handles a Produce request whose records [`take_records`] took out.
 pub async fn handle(
     shard: &Rc<Shard>,
     req: ProduceRequest,
+    records: Vec<Option<BytesMut>>,
     _version: i16,
     mut dispatched: Dispatched,
 ) -> Reply {
@@ -34,6 +103,7 @@ pub async fn handle(
     let mut appended = Vec::new();
     let mut topics = Vec::with_capacity(req.topic_data.len());
     let mut work = Vec::new();
+    let mut records = records.into_iter();
     for t in req.topic_data {
         let meta = find_topic(shard, &t.name.0, t.topic_id);
         let mut parts = Vec::with_capacity(t.partition_data.len());
@@ -47,7 +117,7 @@ pub async fn handle(
                 meta.clone(),
                 t.name.0.to_string(),
                 p.index,
-                p.records,
+                records.next().flatten(),
                 acks,
                 tx,
             );
@@ -107,7 +177,7 @@ async fn produce_one(
     meta: Option<Arc<crate::metadata::TopicMeta>>,
     name: String,
     partition: i32,
-    records: Option<Bytes>,
+    records: Option<BytesMut>,
     acks: i16,
     appended: futures::channel::oneshot::Sender<()>,
 ) -> Result<(i64, i64), KafkaError> {
