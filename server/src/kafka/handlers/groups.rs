@@ -120,7 +120,14 @@ pub async fn find_coordinator(
                 }
             }
             (Ok(_), Some(_), None) => Ok((shard.config.node_id, host.clone(), port)),
-            (Err(e), _, _) => Err(e.clone()),
+            // FindCoordinator's clients retry COORDINATOR_NOT_AVAILABLE quietly; whatever kept
+            // the offsets topic from being ready (a controller election, a timeout) is that,
+            // not an error code FindCoordinator does not have (librdkafka hands those to the
+            // application as consumer errors).
+            (Err(e), _, _) => Err(crate::kafka::errors::KafkaError::new(
+                kafka_protocol::error::ResponseError::CoordinatorNotAvailable,
+                e.message.clone(),
+            )),
         };
         match located {
             Ok((node, h, pt)) => Coordinator::default()
