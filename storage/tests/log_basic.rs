@@ -173,3 +173,61 @@ fn prefix_truncation_remembers_the_term_before_the_new_start() {
         log.close().await.expect("close");
     });
 }
+
+/// A checked batch goes in without a second check and is stamped in place; an already stamped
+/// batch (a Raft entry) goes in as it is, and one stamped for another offset or term, or with
+/// a broken CRC, is refused and leaves the log as it was.
+#[test]
+fn append_checked_and_append_stamped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run_local(move || async move {
+        let log = open_small(&path).await;
+        let checked = ringlog_storage::CheckedBatch::check(batch(2, 1, 50)).expect("valid");
+        let info = log.append_checked(checked, Term(3)).await.expect("append");
+        assert_eq!((info.base_offset, info.last_offset), (Offset(0), Offset(1)));
+
+        let stamped = |base: i64, term: i32| {
+            let mut b = batch(4, 2, 50);
+            ringlog_storage::batch::stamp(&mut b, Offset(base), Term(term));
+            b.freeze()
+        };
+        for (bad, what) in [
+            (stamped(5, 3), "wrong base offset"),
+            (stamped(2, 4), "wrong term"),
+            (
+                {
+                    let mut b = batch(4, 2, 50);
+                    ringlog_storage::batch::stamp(&mut b, Offset(2), Term(3));
+                    let last = b.len() - 1;
+                    b[last] ^= 0x55;
+                    b.freeze()
+                },
+                "bad CRC",
+            ),
+        ] {
+            let r = log.append_stamped(bad, Term(3)).await;
+            assert!(r.is_err(), "{what} was accepted");
+            assert_eq!(log.end_offset(), Offset(2), "{what} changed the log");
+        }
+        let good = stamped(2, 3);
+        let info = log
+            .append_stamped(good.clone(), Term(3))
+            .await
+            .expect("append");
+        assert_eq!((info.base_offset, info.last_offset), (Offset(2), Offset(5)));
+        log.flush().await.expect("flush");
+        let got = log
+            .read(Offset(2), 1, log.end_offset())
+            .await
+            .expect("read");
+        assert_eq!(got[0], good);
+        let got = log
+            .read(Offset(0), 1, log.end_offset())
+            .await
+            .expect("read");
+        let h = BatchHeader::read(&got[0]);
+        assert_eq!((h.base_offset, h.term), (Offset(0), Term(3)));
+        log.close().await.expect("close");
+    });
+}
