@@ -90,15 +90,7 @@ pub struct Batch {
 impl Batch {
     /// Validates `bytes` as exactly one RecordBatch v2, checksum included.
     pub fn parse(bytes: Bytes) -> Result<Batch, BatchError> {
-        let declared = declared_size(&bytes)?;
-        if declared != bytes.len() as i64 {
-            return Err(BatchError::LengthMismatch {
-                declared,
-                actual: bytes.len(),
-            });
-        }
-        validate_header(&bytes)?;
-        verify_crc(&bytes)?;
+        check_whole(&bytes)?;
         Ok(Batch { bytes })
     }
 
@@ -134,15 +126,7 @@ pub struct CheckedBatch {
 impl CheckedBatch {
     /// Validates `bytes` as exactly one RecordBatch v2, checksum included.
     pub fn check(bytes: BytesMut) -> Result<CheckedBatch, BatchError> {
-        let declared = declared_size(&bytes)?;
-        if declared != bytes.len() as i64 {
-            return Err(BatchError::LengthMismatch {
-                declared,
-                actual: bytes.len(),
-            });
-        }
-        validate_header(&bytes)?;
-        verify_crc(&bytes)?;
+        check_whole(&bytes)?;
         Ok(CheckedBatch { bytes })
     }
 
@@ -247,6 +231,19 @@ pub fn declared_size(b: &[u8]) -> Result<i64, BatchError> {
         return Err(BatchError::BadField("batchLength below header size"));
     }
     Ok(declared)
+}
+
+/// Checks that `b` is exactly one RecordBatch v2: its declared length, header and CRC32C.
+pub fn check_whole(b: &[u8]) -> Result<(), BatchError> {
+    let declared = declared_size(b)?;
+    if declared != b.len() as i64 {
+        return Err(BatchError::LengthMismatch {
+            declared,
+            actual: b.len(),
+        });
+    }
+    validate_header(b)?;
+    verify_crc(b)
 }
 
 /// Checks the header fields of a complete batch (not the CRC).

@@ -272,16 +272,7 @@ impl Log {
     /// [`Log::append`], CRC included.
     pub async fn append_stamped(&self, batch: Bytes, term: Term) -> Result<AppendInfo> {
         self.check_size(batch.len())?;
-        let declared = batch::declared_size(&batch)?;
-        if declared != batch.len() as i64 {
-            return Err(BatchError::LengthMismatch {
-                declared,
-                actual: batch.len(),
-            }
-            .into());
-        }
-        batch::validate_header(&batch)?;
-        batch::verify_crc(&batch)?;
+        batch::check_whole(&batch)?;
         if BatchHeader::read(&batch).term != term {
             return Err(BatchError::BadField("stamped epoch is not the append's term").into());
         }
