@@ -239,7 +239,8 @@ impl Log {
     /// The batch is readable at once and durable after the next [`Log::flush`].
     pub async fn append(&self, batch: BytesMut, term: Term) -> Result<AppendInfo> {
         self.check_size(batch.len())?;
-        self.append_checked(batch::CheckedBatch::check(batch)?, term)
+        let batch = batch::CheckedBatch::check(batch)?;
+        self.append_inner(Incoming::Stamp(batch.into_inner()), term)
             .await
     }
 

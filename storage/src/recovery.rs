@@ -63,14 +63,17 @@ pub(crate) async fn open(
     // The start offset checkpoint: `i64 BE start offset`, then (since Raft) `i32 BE term of
     // the entry before it` (-1: unknown). An 8-byte checkpoint predates the term.
     let (checkpoint, prev_term) = match file::read_checked(&dir.join(START_OFFSET_FILE)).await? {
-        Some(b) if b.len() == 8 || b.len() == 12 => {
-            let o = Offset(i64::from_be_bytes(b[..8].try_into().expect("8")));
-            let t = (b.len() == 12)
-                .then(|| i32::from_be_bytes(b[8..12].try_into().expect("4")))
-                .filter(|t| *t >= 0)
-                .map(Term);
-            (Some(o), t)
-        }
+        Some(b) if b.len() == 8 || b.len() == 12 => match b.split_first_chunk::<8>() {
+            Some((o, rest)) => {
+                let t = rest
+                    .first_chunk::<4>()
+                    .map(|t| i32::from_be_bytes(*t))
+                    .filter(|t| *t >= 0)
+                    .map(Term);
+                (Some(Offset(i64::from_be_bytes(*o))), t)
+            }
+            None => (None, None),
+        },
         _ => (None, None),
     };
     let known_terms: Option<Vec<Term>> = file::read_checked(&dir.join(TERMS_FILE))
@@ -78,7 +81,8 @@ pub(crate) async fn open(
         .filter(|b| b.len() % 4 == 0)
         .map(|b| {
             b.chunks_exact(4)
-                .map(|c| Term(i32::from_be_bytes(c.try_into().expect("4"))))
+                .filter_map(|c| c.first_chunk::<4>())
+                .map(|c| Term(i32::from_be_bytes(*c)))
                 .collect()
         });
     let allowed = known_terms.as_deref();
