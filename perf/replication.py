@@ -26,6 +26,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,8 @@ def main() -> None:
             runs.append(r)
     finally:
         subprocess.run([str(script), "stop", str(cluster_dir)], env=env, timeout=120)
+        # The brokers' logs are tens of GB after the max runs; keep only the results.
+        shutil.rmtree(tmp, ignore_errors=True)
 
     fio_mbps = limits["fioWriteMBps"]
     sync_p99 = limits["fdatasyncP99Ms"]

@@ -37,9 +37,6 @@ pub struct BatchBuilder {
     count: i32,
     base_timestamp_ms: i64,
     max_timestamp_ms: i64,
-    /// CRC32C of the records so far, taken as each record is written (while its bytes are
-    /// still in the cache) and combined with the header's at the end.
-    records_crc: u32,
 }
 
 impl BatchBuilder {
@@ -52,7 +49,6 @@ impl BatchBuilder {
             count: 0,
             base_timestamp_ms: 0,
             max_timestamp_ms: 0,
-            records_crc: 0,
         }
     }
 
@@ -91,7 +87,6 @@ impl BatchBuilder {
             + value_len
             + varint_len(0);
         let b = &mut self.buf;
-        let start = b.len();
         put_varint(b, body as i64);
         b.put_u8(0);
         put_varint(b, ts_delta);
@@ -109,7 +104,6 @@ impl BatchBuilder {
             "value written with the wrong length"
         );
         put_varint(b, 0);
-        self.records_crc = crc32c::crc32c_append(self.records_crc, &b[start..]);
         self.count += 1;
     }
 
@@ -130,8 +124,11 @@ impl BatchBuilder {
         h[51..53].copy_from_slice(&(-1i16).to_be_bytes());
         h[53..57].copy_from_slice(&(-1i32).to_be_bytes());
         h[57..61].copy_from_slice(&self.count.to_be_bytes());
-        let header_crc = crc32c::crc32c(&self.buf[21..HEADER_BYTES]);
-        let crc = crc32c::crc32c_combine(header_crc, self.records_crc, len - HEADER_BYTES);
+        // One pass over the whole batch at the end. Taking the records' CRC as each is written
+        // and combining it with the header's costs more: `crc32c_combine` is a GF(2) matrix
+        // method, about 12 us for a 100 KiB batch, against about 5 us to read it again (it is
+        // still in the cache) with the hardware instruction.
+        let crc = crc32c::crc32c(&self.buf[21..len]);
         self.buf[17..21].copy_from_slice(&crc.to_be_bytes());
         self.buf.freeze()
     }
