@@ -8,8 +8,13 @@
 //!
 //! A frame that can not be parsed (bad header, unknown API key, undecodable body) closes the
 //! connection with one log line, as Kafka does; other connections are unaffected.
+//!
+//! Request bodies are read straight into a buffer's uninitialized capacity ([`read_body`]):
+//! zeroing each buffer before the read was 5-7% of the core at full produce rate, one extra
+//! pass over every byte a producer sends.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -35,6 +40,7 @@ pub enum Outcome {
 /// Serves a connection until the client closes it, an error closes it, or shutdown.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
+    let fd = stream.as_raw_fd();
     let (mut reader, mut writer) = stream.split();
     let depth = shard.config.limits.requests_in_flight_per_connection_max;
     let (tx, rx) = local_channel::new_bounded::<glommio::task::JoinHandle<Outcome>>(depth);
@@ -75,12 +81,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
         let permits = (size as u64).clamp(1, bytes_max as u64);
         let room = bytes_in_flight.acquire(permits).await;
-        let mut body = BytesMut::zeroed(size as usize);
-        if reader.read_exact(&mut body).await.is_err() {
-            tracing::debug!(peer = ?peer, "connection closed inside a frame");
-            break;
-        }
-        let body = body.freeze();
+        let body = match read_body(&mut reader, fd, size as usize).await {
+            Ok(body) => body.freeze(),
+            Err(e) => {
+                tracing::debug!(peer = ?peer, error = %e, "connection closed inside a frame");
+                break;
+            }
+        };
         let s = shard.clone();
         let (dispatched, dispatched_rx) = handlers::Dispatched::new();
         let task = glommio::spawn_local(async move {
@@ -98,6 +105,51 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     }
     drop(tx);
     writer_task.await;
+}
+
+/// Reads exactly `size` bytes from the connection into a new buffer without zeroing it first.
+///
+/// `fd` is the socket behind `reader`. Whatever the socket already holds is taken with a
+/// non-blocking `recv(2)` into the buffer's spare capacity (the kernel writes the bytes, and
+/// the length grows only by what it reports written). When the socket is empty, one byte is
+/// read through `reader`, which waits on the executor's reactor the usual way. Errors when the
+/// peer closes before `size` bytes arrive.
+async fn read_body<R>(reader: &mut R, fd: RawFd, size: usize) -> std::io::Result<BytesMut>
+where
+    R: futures::io::AsyncRead + Unpin,
+{
+    let mut body = BytesMut::with_capacity(size);
+    while body.len() < size {
+        let want = size - body.len();
+        let spare = body.spare_capacity_mut();
+        assert!(spare.len() >= want);
+        // SAFETY: `spare` is writable memory owned by `body` with room for `want` bytes; recv
+        // writes at most `want` bytes there and reports how many.
+        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) };
+        if n > 0 {
+            let n = n as usize;
+            assert!(n <= want);
+            // SAFETY: the kernel initialized these `n` bytes, right after the current length.
+            unsafe { body.set_len(body.len() + n) };
+            continue;
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let err = std::io::Error::last_os_error();
+        match err.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => {
+                let mut one = [0u8; 1];
+                if reader.read(&mut one).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                body.put_u8(one[0]);
+            }
+            _ => return Err(err),
+        }
+    }
+    Ok(body)
 }
 
 /// A request frame, decoded.
@@ -369,5 +421,75 @@ mod produce_records_tests {
         let got = d.produce_records[0].as_ref().expect("records");
         assert_eq!(&got[..], &records[0].as_ref().unwrap()[..]);
         assert!(!other_handle.as_ptr_range().contains(&got.as_ptr()));
+    }
+}
+
+#[cfg(test)]
+mod read_body_tests {
+    use super::*;
+    use futures::io::AsyncWriteExt;
+    use glommio::net::TcpListener;
+    use glommio::{LocalExecutorBuilder, Placement};
+    use std::time::Duration;
+
+    /// Sends `chunks` with pauses between them (so the reader finds the socket empty and has
+    /// to wait) and returns what `read_body` read for `size` bytes.
+    fn read_over_loopback(chunks: Vec<Vec<u8>>, size: usize) -> std::io::Result<Vec<u8>> {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                let sender = glommio::spawn_local(async move {
+                    let mut s = TcpStream::connect(addr).await.expect("connect");
+                    for c in chunks {
+                        s.write_all(&c).await.expect("write");
+                        s.flush().await.expect("flush");
+                        glommio::timer::sleep(Duration::from_millis(20)).await;
+                    }
+                    s.close().await.expect("close");
+                });
+                let stream = listener.accept().await.expect("accept");
+                let fd = stream.as_raw_fd();
+                let (mut reader, _writer) = stream.split();
+                let got = glommio::timer::timeout(Duration::from_secs(10), async {
+                    Ok(read_body(&mut reader, fd, size).await)
+                })
+                .await
+                .expect("read_body finished in time");
+                sender.await;
+                got.map(|b| b.to_vec())
+            })
+            .expect("spawn executor")
+            .join()
+            .expect("executor thread")
+    }
+
+    #[test]
+    fn a_body_sent_in_pieces_is_read_whole_and_exactly() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + 3) as u8).collect();
+        let chunks = vec![
+            data[..1].to_vec(),
+            data[1..5000].to_vec(),
+            data[5000..5001].to_vec(),
+            data[5001..].to_vec(),
+        ];
+        // The body is the first 150,000 bytes; what follows is the next frame's and stays unread.
+        let got = read_over_loopback(chunks, 150_000).expect("read");
+        assert_eq!(got, data[..150_000]);
+    }
+
+    #[test]
+    fn an_empty_body_reads_nothing() {
+        assert_eq!(
+            read_over_loopback(vec![vec![9u8; 10]], 0).expect("read"),
+            b""
+        );
+    }
+
+    #[test]
+    fn a_peer_that_closes_inside_the_body_is_an_error() {
+        let err = read_over_loopback(vec![vec![1u8; 1000], vec![2u8; 10]], 5000).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 }
