@@ -11,7 +11,11 @@
 //!   page is submitted only after every earlier write completed (two in-flight writes never
 //!   touch the same page);
 //! - `written_pos` only advances over writes that completed, in order;
-//! - the padding beyond the logical end is zeros, so a scan finds the end of data there.
+//! - the padding beyond the logical end is zeros, so a scan finds the end of data there;
+//! - data up to `durable_pos` is durable; a write submitted through the plain descriptor is
+//!   not durable until an fdatasync that starts after it completed, and `plain_end_pos` keeps
+//!   the end of the last such write so a flush knows whether it needs one (writes through the
+//!   write-through descriptor are durable on completion; see `segment.rs`).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -132,6 +136,13 @@ impl<F: Fn(&Completions) -> bool + Unpin> Future for WaitCompletions<F> {
 /// The write side of the active segment.
 pub struct Appender {
     file: Rc<DmaFile>,
+    /// The same file opened `O_DSYNC`, for the writes of a flush; `None` makes every write
+    /// plain (and every flush end with an fdatasync).
+    through: Option<Rc<DmaFile>>,
+    /// End position of the last write submitted through `file` (plain).
+    plain_end_pos: u64,
+    /// Data below this position is durable.
+    durable_pos: u64,
     path: PathBuf,
     buffer_bytes: usize,
     buf: DmaBuffer,
@@ -152,9 +163,11 @@ pub struct Appender {
 
 impl Appender {
     /// An appender whose data ends at `end_pos`. `tail_page` holds the bytes of the partial page
-    /// at `align_down(end_pos)..end_pos` (empty when `end_pos` is aligned).
+    /// at `align_down(end_pos)..end_pos` (empty when `end_pos` is aligned). Data up to `end_pos`
+    /// must already be durable. `through` is the write-through descriptor of the same file.
     pub fn new(
         file: Rc<DmaFile>,
+        through: Option<Rc<DmaFile>>,
         path: PathBuf,
         buffer_bytes: usize,
         end_pos: u64,
@@ -168,6 +181,9 @@ impl Appender {
         buf.as_bytes_mut()[..tail_page.len()].copy_from_slice(tail_page);
         Appender {
             file,
+            through,
+            plain_end_pos: 0,
+            durable_pos: end_pos,
             path,
             buffer_bytes,
             buf,
@@ -241,6 +257,19 @@ impl Appender {
     /// Writes submitted and not yet completed.
     pub fn in_flight(&self) -> u64 {
         self.completions.borrow().in_flight()
+    }
+
+    /// True when data written so far is not known durable without an fdatasync: a plain write
+    /// ended past the durable position.
+    pub fn needs_sync(&self) -> bool {
+        self.plain_end_pos > self.durable_pos
+    }
+
+    /// Records that data below `pos` is durable (every write below it completed, through the
+    /// write-through descriptor or followed by an fdatasync).
+    pub fn mark_durable(&mut self, pos: u64) {
+        assert!(pos <= self.written_pos(), "durable data was written");
+        self.durable_pos = self.durable_pos.max(pos);
     }
 
     /// Writes submitted so far.
@@ -325,19 +354,31 @@ impl Appender {
         self.carried = tail;
     }
 
+    /// Writes ready and not yet submitted.
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
     /// The next write to submit, if any.
     pub fn peek_ready(&self) -> Option<&ReadyWrite> {
         self.ready.front()
     }
 
-    /// Submits the next ready write to the ring. The caller has checked the ordering rule
+    /// Submits the next ready write to the ring, through the write-through descriptor when
+    /// `write_through` (and there is one). The caller has checked the ordering rule
     /// ([`ReadyWrite::rewrites_previous_page`]) and the in-flight bound.
-    pub fn submit_next(&mut self) {
+    pub fn submit_next(&mut self, write_through: bool) {
         let Some(w) = self.ready.pop_front() else {
             return;
         };
         assert!(!w.rewrites_previous_page || self.in_flight() == 0);
-        let file = self.file.clone();
+        let file = match (&self.through, write_through) {
+            (Some(t), true) => t.clone(),
+            _ => {
+                self.plain_end_pos = self.plain_end_pos.max(w.end_pos);
+                self.file.clone()
+            }
+        };
         let expected_bytes = w.buf.len();
         let (pos, end_pos, last_offset) = (w.pos, w.end_pos, w.last_offset);
         let buf = w.buf;

@@ -38,7 +38,7 @@ pub use cache::BatchCache;
 pub use compaction::CompactionReport;
 pub use config::{CleanupPolicy, ConfigError, LogConfig, StorageLimits};
 pub use error::{Result, StorageError};
-pub use log::{AppendInfo, Log};
+pub use log::{AppendInfo, FlushStats, Log};
 pub use retention::HousekeepingReport;
 pub use types::{Clock, ManualClock, Offset, SystemClock, Term, TimestampMs};
 

@@ -9,16 +9,19 @@
 //!   copies it into the write buffers. The offsets are *assigned*; the data is readable at once
 //!   (from memory), but not durable.
 //! - Writes complete in the background; `written_end_offset` advances over them in order.
-//! - [`Log::flush`] makes everything appended before the call durable (fdatasync) and advances
-//!   `flushed_end_offset`. Concurrent callers share one fdatasync (group commit): while one sync
-//!   runs, appends keep filling buffers, and the next flush covers all of them.
+//! - [`Log::flush`] makes everything appended before the call durable and advances
+//!   `flushed_end_offset`: it writes out the partial buffer through the segment's write-through
+//!   descriptor, waits for every write, and fdatasyncs only if plain writes (full buffers
+//!   written during appends) are not yet durable (see "Write-through flushes" in
+//!   [`crate::segment`]). Concurrent callers share one flush round (group commit): while one
+//!   round runs, appends keep filling buffers, and the next round covers all of them.
 //!
 //! Acknowledge a producer only once `flushed_end_offset` passes its batch.
 //!
 //! ## Concurrency on the core
 //! Borrows of the state are never held across an `.await`. Two semaphores order the async parts:
 //! `io_lock` serializes submitting and reaping writes (so writes are submitted in file order
-//! and reaped in order), and `sync_lock` serializes fdatasync and structural changes (roll,
+//! and reaped in order), and `sync_lock` serializes flush rounds and structural changes (roll,
 //! truncation, retention, compaction swaps). While a structural change runs, `frozen` makes
 //! appends wait.
 //!
@@ -45,6 +48,20 @@ use crate::file;
 use crate::index::SegmentIndex;
 use crate::segment::{self, align_down, ReadRange};
 use crate::types::{Clock, Offset, Term, TimestampMs};
+
+/// Counts of this log's flush rounds since it was opened (see [`Log::flush_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushStats {
+    /// Rounds that wrote and waited (a flush that found everything durable is not a round).
+    pub rounds: u64,
+    /// Rounds made durable by their write-through write alone, without an fdatasync.
+    pub write_through_rounds: u64,
+    /// Rounds that ended with an fdatasync (plain writes were not yet durable).
+    pub fdatasyncs: u64,
+}
+
+/// A freshly created segment file and its write-through (`O_DSYNC`) descriptor.
+pub(crate) type NewSegmentFile = (Rc<DmaFile>, Rc<DmaFile>);
 
 /// What `append` assigned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,9 +116,10 @@ pub struct Log {
     pub(crate) state: RefCell<State>,
     pub(crate) io_lock: Rc<crate::sync::LocalSemaphore>,
     pub(crate) sync_lock: Rc<crate::sync::LocalSemaphore>,
-    /// Optional core-wide bound on fdatasyncs in flight, shared by the logs of one core (see
+    /// Optional core-wide bound on flush rounds in flight, shared by the logs of one core (see
     /// [`Log::share_sync_slots`]).
     pub(crate) sync_slots: RefCell<Option<Rc<crate::sync::LocalSemaphore>>>,
+    pub(crate) flush_stats: std::cell::Cell<FlushStats>,
 }
 
 /// A batch on its way into [`Log::append_inner`].
@@ -364,7 +382,7 @@ impl Log {
         Ok(())
     }
 
-    /// Makes every batch appended before this call durable, sharing one fdatasync with
+    /// Makes every batch appended before this call durable, sharing one flush round with
     /// concurrent callers. Returns the flushed end offset.
     pub async fn flush(&self) -> Result<Offset> {
         let target = {
@@ -397,33 +415,67 @@ impl Log {
         self.sync_active().await
     }
 
-    /// Shares a core-wide bound on concurrent fdatasyncs with the other logs of this core.
-    /// Each io_uring fdatasync runs on a kernel io-wq worker of the calling core; with many
-    /// partitions flushing at once, a bound trades a short wait for fewer, larger syncs and
-    /// fewer worker context switches. Without it (the default), every log syncs on demand.
+    /// Counts of flush rounds since the log was opened: how many needed an fdatasync and how
+    /// many were durable through their write-through write alone.
+    pub fn flush_stats(&self) -> FlushStats {
+        self.flush_stats.get()
+    }
+
+    /// Shares a core-wide bound on concurrent flush rounds with the other logs of this core.
+    /// Each round's write-through write (or fdatasync) runs on a kernel io-wq worker of the
+    /// calling core; with many partitions flushing at once, a bound trades a short wait for
+    /// fewer, larger rounds and fewer worker context switches. Without it (the default), every
+    /// log flushes on demand.
     pub fn share_sync_slots(&self, slots: Rc<crate::sync::LocalSemaphore>) {
         *self.sync_slots.borrow_mut() = Some(slots);
     }
 
-    /// Writes out everything buffered and fdatasyncs the active segment. Caller holds
-    /// `sync_lock`. Appends go on while this waits for the writes and the sync.
+    /// Writes out everything buffered (write-through) and makes the active segment durable
+    /// up to what was written: fdatasync only when plain writes are not yet durable. Caller
+    /// holds `sync_lock`. Appends go on while this waits for the writes and the sync.
     async fn sync_active(&self) -> Result<Offset> {
         {
             let _io = self.io_lock.acquire(1).await;
-            self.state.borrow_mut().active.appender.seal_partial();
-            self.submit_locked().await?;
+            // Write through only when that makes the round durable on its own: one write and
+            // no plain write pending. Otherwise the round ends with an fdatasync anyway, and
+            // each write-through write would add a device flush of its own.
+            let through = {
+                let mut st = self.state.borrow_mut();
+                let a = &mut st.active.appender;
+                a.seal_partial();
+                a.ready_len() == 1 && !a.needs_sync()
+            };
+            self.submit_locked(through).await?;
         }
         self.wait_all_written().await?;
+        // Read together with the end offset, with no await between: these bytes are what the
+        // round makes durable.
         let end = self.refresh_written();
-        let (file, path) = {
+        let (file, path, written_pos, needs_sync) = {
             let st = self.state.borrow();
             let a = &st.active.appender;
-            (a.file().clone(), a.path().clone())
+            (
+                a.file().clone(),
+                a.path().clone(),
+                a.written_pos(),
+                a.needs_sync(),
+            )
         };
-        if let Err(e) = file.fdatasync().await {
-            return Err(self.fail(StorageError::glommio("syncing segment", path, e)));
+        if needs_sync {
+            if let Err(e) = file.fdatasync().await {
+                return Err(self.fail(StorageError::glommio("syncing segment", path, e)));
+            }
         }
+        let mut stats = self.flush_stats.get();
+        stats.rounds += 1;
+        if needs_sync {
+            stats.fdatasyncs += 1;
+        } else {
+            stats.write_through_rounds += 1;
+        }
+        self.flush_stats.set(stats);
         let mut st = self.state.borrow_mut();
+        st.active.appender.mark_durable(written_pos);
         if end > st.flushed_end {
             st.flushed_end = end;
         }
@@ -436,13 +488,14 @@ impl Log {
             return Ok(());
         }
         let _io = self.io_lock.acquire(1).await;
-        self.submit_locked().await
+        self.submit_locked(false).await
     }
 
     /// [`Log::submit_ready`] for a caller that holds `io_lock` (which keeps submissions in
     /// file order). Waits, still holding it, when the in-flight bound is reached or a buffer
-    /// rewrites the page of a write still in flight.
-    pub(crate) async fn submit_locked(&self) -> Result<()> {
+    /// rewrites the page of a write still in flight. `write_through` sends the writes through
+    /// the segment's `O_DSYNC` descriptor (a flush's writes).
+    pub(crate) async fn submit_locked(&self, write_through: bool) -> Result<()> {
         let max = self.limits.write_buffers_in_flight_max.max(1) as u64;
         loop {
             let wait = {
@@ -459,7 +512,7 @@ impl Log {
                 } else if a.in_flight() >= max {
                     Some(a.wait_in_flight_below(max).await_boxed())
                 } else {
-                    a.submit_next();
+                    a.submit_next(write_through);
                     None
                 }
             };
@@ -552,7 +605,7 @@ impl Log {
         // yet, and if the process dies before the old segment is sealed, recovery deletes the
         // temporary file and the old segment is still the active one (no gap at the end).
         let tmp_path = segment::creating_path(&self.dir, new_base);
-        let new_file = self.create_segment_file_at(&tmp_path).await?;
+        let (new_file, new_through) = self.create_segment_file_at(&tmp_path).await?;
         let old_end = self.sync_active().await;
         if let Err(e) = old_end {
             let _ = new_file.close_rc().await;
@@ -586,6 +639,7 @@ impl Log {
         let prealloc = self.initial_preallocation(0);
         let appender = Appender::new(
             new_file,
+            Some(new_through),
             new_path,
             self.limits.write_buffer_bytes,
             0,
@@ -619,14 +673,16 @@ impl Log {
         (end_pos + self.limits.preallocate_step_bytes).min(segment_bytes.max(end_pos))
     }
 
-    /// Creates and preallocates a segment file at its final name.
-    pub(crate) async fn create_segment_file(&self, base: Offset) -> Result<Rc<DmaFile>> {
+    /// Creates and preallocates a segment file at its final name; returns it with its
+    /// write-through descriptor.
+    pub(crate) async fn create_segment_file(&self, base: Offset) -> Result<NewSegmentFile> {
         self.create_segment_file_at(&segment::log_path(&self.dir, base))
             .await
     }
 
-    /// Creates and preallocates a segment file at `path`.
-    async fn create_segment_file_at(&self, path: &Path) -> Result<Rc<DmaFile>> {
+    /// Creates and preallocates a segment file at `path`; returns it with its write-through
+    /// descriptor.
+    async fn create_segment_file_at(&self, path: &Path) -> Result<NewSegmentFile> {
         let path = path.to_path_buf();
         let f = OpenOptions::new()
             .read(true)
@@ -642,7 +698,15 @@ impl Log {
             let _ = file::remove_if_exists(&path).await;
             return Err(StorageError::glommio("preallocating segment", &path, e));
         }
-        Ok(Rc::new(f))
+        let through = match segment::open_write_through(&path).await {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = f.close().await;
+                let _ = file::remove_if_exists(&path).await;
+                return Err(e);
+            }
+        };
+        Ok((Rc::new(f), through))
     }
 
     /// Reads whole batches starting with the one that holds `from`, stopping before offset

@@ -150,8 +150,10 @@ pub(crate) async fn open(
     file::remove_if_exists(&segment::timeindex_path(dir, active_base)).await?;
     file::sync_dir(dir).await?;
     let tail = read_tail_page(&active_file, &path, end.end_pos).await?;
+    let through = segment::open_write_through(&path).await?;
     let appender = Appender::new(
         Rc::new(active_file),
+        Some(through),
         path,
         limits.write_buffer_bytes,
         end.end_pos,
@@ -204,6 +206,7 @@ pub(crate) async fn open(
         io_lock: crate::sync::LocalSemaphore::new(1),
         sync_lock: crate::sync::LocalSemaphore::new(1),
         sync_slots: std::cell::RefCell::new(None),
+        flush_stats: std::cell::Cell::new(Default::default()),
     };
     if start_offset > first_base {
         // Finishes a prefix truncation that was interrupted after its checkpoint was written.

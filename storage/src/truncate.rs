@@ -129,7 +129,7 @@ impl Log {
             base
         }
         .max(start_offset);
-        let new_file = self.create_segment_file(new_end).await?;
+        let (new_file, new_through) = self.create_segment_file(new_end).await?;
         file::sync_dir(&self.dir).await?;
         {
             let mut st = self.state.borrow_mut();
@@ -148,6 +148,7 @@ impl Log {
         let path = segment::log_path(&self.dir, new_end);
         let appender = Appender::new(
             new_file,
+            Some(new_through),
             path,
             self.limits.write_buffer_bytes,
             0,
@@ -187,8 +188,10 @@ impl Log {
         .await;
         cut.map_err(|e| StorageError::glommio("cutting segment", &path, e))?;
         let tail = read_tail_page(&file, &path, end.end_pos).await?;
+        let through = segment::open_write_through(&path).await?;
         let appender = Appender::new(
             file,
+            Some(through),
             path,
             self.limits.write_buffer_bytes,
             end.end_pos,
@@ -216,7 +219,7 @@ impl Log {
     /// Waits for every buffered write. Caller holds `io_lock`.
     async fn drain_all_locked(&self) -> Result<()> {
         self.state.borrow_mut().active.appender.seal_partial();
-        self.submit_locked().await?;
+        self.submit_locked(false).await?;
         self.wait_all_written().await?;
         self.refresh_written();
         Ok(())
@@ -311,7 +314,7 @@ impl Log {
             let _io = self.io_lock.acquire(1).await;
             self.drain_all_locked().await?;
         }
-        let file = self.create_segment_file(base).await?;
+        let (file, through) = self.create_segment_file(base).await?;
         let doomed: Vec<Offset> = {
             let st = self.state.borrow();
             let mut v: Vec<Offset> = st.sealed.keys().copied().collect();
@@ -327,6 +330,7 @@ impl Log {
         let now = self.clock.now_ms();
         let appender = Appender::new(
             file,
+            Some(through),
             segment::log_path(&self.dir, base),
             self.limits.write_buffer_bytes,
             0,

@@ -231,3 +231,65 @@ fn append_checked_and_append_stamped() {
         log.close().await.expect("close");
     });
 }
+
+/// A flush whose data fits one write goes through the write-through descriptor and needs no
+/// fdatasync; once full buffers were written plain during appends, the round ends with one.
+/// Either way the data is there after reopening.
+#[test]
+fn flush_writes_through_unless_plain_writes_are_pending() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run_local(move || async move {
+        // Segments large enough that nothing rolls; 16 KiB write buffers.
+        let open_big = || {
+            open(
+                &path,
+                small_config(8 << 20),
+                small_limits(),
+                Rc::new(SystemClock),
+            )
+        };
+        let log = open_big().await;
+        log.append(batch(2, 1, 100), Term(1)).await.expect("append");
+        log.flush().await.expect("flush");
+        let s = log.flush_stats();
+        assert_eq!((s.rounds, s.write_through_rounds, s.fdatasyncs), (1, 1, 0));
+
+        // Three buffers' worth: full buffers are written (plain) while appending.
+        for tag in 2..40 {
+            log.append(batch(4, tag, 300), Term(1))
+                .await
+                .expect("append");
+        }
+        assert!(log.written_end_offset() > log.flushed_end_offset());
+        log.flush().await.expect("flush");
+        let s = log.flush_stats();
+        assert_eq!((s.rounds, s.fdatasyncs), (2, 1), "{s:?}");
+
+        // Plain writes are durable again: the next small round writes through.
+        log.append(batch(1, 999, 10), Term(1))
+            .await
+            .expect("append");
+        log.flush().await.expect("flush");
+        let s = log.flush_stats();
+        assert_eq!((s.rounds, s.write_through_rounds, s.fdatasyncs), (3, 2, 1));
+        // Nothing new: no round at all.
+        log.flush().await.expect("flush");
+        assert_eq!(log.flush_stats().rounds, 3);
+        let end = log.end_offset();
+        log.close().await.expect("close");
+
+        let log = open_big().await;
+        assert_eq!(log.end_offset(), end);
+        let mut at = Offset(0);
+        while at < end {
+            for b in log.read(at, 1 << 20, end).await.expect("read") {
+                let h = BatchHeader::read(&b);
+                assert_eq!(h.base_offset, at);
+                ringlog_storage::Batch::parse(b).expect("valid");
+                at = h.last_offset().plus(1);
+            }
+        }
+        log.close().await.expect("close");
+    });
+}
