@@ -48,9 +48,6 @@ pub struct Limits {
     /// every message that fell due during the sleep in one turn (their latency still counts
     /// from their intended times).
     pub producer_tick_us: u64,
-    /// Preempt timer of the load task queue: a busy producer yields to socket polling at least
-    /// this often (glommio's default, 100 ms, would hold acks back that long).
-    pub load_preempt_us: u64,
 }
 
 impl Default for Limits {
@@ -68,7 +65,6 @@ impl Default for Limits {
             drain_timeout_ms: 15_000,
             report_queue_depth: 1024,
             producer_idle_sleep_us: 10_000,
-            load_preempt_us: 250,
             producer_tick_us: 100,
         }
     }

@@ -234,15 +234,17 @@ async fn core_main(
     let limits = Rc::new(limits);
     let view = Rc::new(RefCell::new(view));
     let stats = Rc::new(CoreStats::new(clock));
-    // glommio polls sockets only between task-queue runs, and preempts a busy queue only after
-    // its preempt timer (100 ms by default): a producer with work every turn (max rate, or
-    // behind schedule) would leave acks unread for that long. A latency-sensitive queue
-    // brings the timer down, so acks are read at least every `load_preempt_us`.
-    let tq = glommio::executor().create_task_queue(
-        Shares::default(),
-        Latency::Matters(Duration::from_micros(limits.load_preempt_us)),
-        "load",
-    );
+    // A throughput queue with glommio's default preempt timer (100 ms). Producers sleep at least
+    // `producer_tick_us` between rounds at a constant rate, and block once their buffer or
+    // in-flight slots are full at max rate, so the queue goes idle (and sockets are polled) far
+    // more often than that. A latency-sensitive queue, or any short preempt timer, must not be
+    // used here: glommio 0.9 parks the executor when the preempt timer has already fired as it
+    // starts running its queues (`run_task_queues` returns "nothing ran", then `park` sleeps
+    // with runnable tasks) until the next timer or I/O event. With a 250 us latency queue that
+    // stalled the whole load core for 0.2-1 s in about half of the runs: the acks sat unread in
+    // the sockets' receive queues and no socket poll was armed (perf/README.md, session 6).
+    let tq =
+        glommio::executor().create_task_queue(Shares::default(), Latency::NotImportant, "load");
     let failure: Rc<RefCell<Option<LoadgenError>>> = Rc::new(RefCell::new(None));
     // Consumers first: they position themselves, then wait for t0.
     let mut tasks = Vec::new();
