@@ -129,22 +129,32 @@ log "building ringlog-storage-bench (release)"
 BENCH="${CARGO_TARGET_DIR:-$ROOT/target}/release/ringlog-storage-bench"
 [[ -x $BENCH ]] || die "no bench binary at $BENCH"
 
-# Each round runs fio then the log back to back, so a change in the device's behaviour during
-# the run (a shared virtual disk drifts by 2x within minutes) hits both sides of a ratio.
+# Each round pairs each log phase with its fio baseline, back to back: fio's sequential write,
+# then the log's throughput phase; fio's fdatasync job, then the log's latency phase; the extra
+# fio jobs last. A shared virtual disk drifts by 2x within minutes, and after gigabytes of
+# writes it is slower than fresh: measured with the extra jobs between fio's sequential write
+# and the log (the order before session 6), the log's throughput was 1.0-1.6 GB/s against
+# 1.65-1.85 GB/s when run right after fio's.
+bench() {
+    local name=$1
+    shift
+    settle
+    log "ringlog-storage-bench $name ${BENCH_ARGS[*]:-}"
+    timeout $((STEP_TIMEOUT * 2)) "$BENCH" --dir "$DIR/log" --json "$RAW/$name.json" "$@" \
+        ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} | tee "$RAW/$name.txt" >&2 \
+        || die "ringlog-storage-bench $name failed"
+}
 for ((r = 1; r <= ROUNDS; r++)); do
     log "round $r of $ROUNDS"
     fio_run "seqwrite-r$r" --rw=write --bs=1M --iodepth=2 --size="$TOTAL_BYTES" --end_fsync=1
+    bench "log-throughput-r$r" --total-bytes "$TOTAL_BYTES" --latency-ops 0
+    fio_run "fdatasync-r$r" --rw=write --bs=16k --iodepth=1 --fdatasync=1 --size=1G \
+        --io_size=$((LAT_OPS * 16384))
+    bench "log-latency-r$r" --total-bytes 0 --latency-ops "$LAT_OPS"
     if [[ $EXTRA == 1 ]]; then
         fio_run "seqwrite-256k-qd8-r$r" --rw=write --bs=256k --iodepth=8 --size="$TOTAL_BYTES" --end_fsync=1
         fio_run "seqwrite-1m-fdatasync-r$r" --rw=write --bs=1M --iodepth=1 --fdatasync=1 --size="$TOTAL_BYTES"
     fi
-    fio_run "fdatasync-r$r" --rw=write --bs=16k --iodepth=1 --fdatasync=1 --size=1G \
-        --io_size=$((LAT_OPS * 16384))
-    settle
-    log "ringlog-storage-bench ${BENCH_ARGS[*]:-}"
-    timeout $((STEP_TIMEOUT * 2)) "$BENCH" --dir "$DIR/log" --total-bytes "$TOTAL_BYTES" \
-        --latency-ops "$LAT_OPS" --json "$RAW/log-r$r.json" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} \
-        | tee "$RAW/log-r$r.txt" >&2 || die "ringlog-storage-bench failed"
 done
 settle
 
@@ -206,8 +216,10 @@ def one_round(r):
             if job.get("sync", {}).get("lat_ns", {}).get("N"):
                 e["sync_p99_us"] = pct(job["sync"]["lat_ns"], "99.000000")
             out["extra"][name] = e
-    with open(f"{raw}/log-r{r}.json") as f:
+    with open(f"{raw}/log-throughput-r{r}.json") as f:
         bench = json.load(f)
+    with open(f"{raw}/log-latency-r{r}.json") as f:
+        bench["latency"] = json.load(f)["latency"]
     tp, lat = bench["throughput"], bench["latency"]
     return {
         "round": r,
