@@ -44,10 +44,15 @@ pub struct Limits {
     /// Longest a producer sleeps between checks of its schedule and linger deadlines, so it
     /// notices the end of the run promptly even with nothing due.
     pub producer_idle_sleep_us: u64,
-    /// Shortest sleep of a constant-rate producer between turns: at high rates it generates
-    /// every message that fell due during the sleep in one turn (their latency still counts
-    /// from their intended times).
+    /// Shortest sleep of a producer between turns: at high rates it generates every message
+    /// that fell due during the sleep in one turn (their latency still counts from their
+    /// intended times); at max rate it makes up to `messages_per_turn_max` per turn. The sleeps
+    /// are when the load core reads acks.
     pub producer_tick_us: u64,
+    /// Period of each load core's heartbeat timer, the longest the core's executor sleeps while
+    /// tasks are runnable (a glommio 0.9 parking bug; see `run.rs`). Costs one wakeup per
+    /// period.
+    pub executor_heartbeat_us: u64,
 }
 
 impl Default for Limits {
@@ -66,6 +71,7 @@ impl Default for Limits {
             report_queue_depth: 1024,
             producer_idle_sleep_us: 10_000,
             producer_tick_us: 100,
+            executor_heartbeat_us: 1_000,
         }
     }
 }

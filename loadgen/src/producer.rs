@@ -243,9 +243,12 @@ impl Producer {
             // 4. Wait for the next due message, linger deadline or ack.
             let mut wake = now + Duration::from_micros(self.ctx.limits.producer_idle_sleep_us);
             if generating && self.buffered_bytes < max_fill {
+                // At max rate too a producer sleeps a tick between turns (each turn makes up
+                // to `messages_per_turn_max` messages): the load queue then goes idle often,
+                // and glommio polls the sockets (reads the acks) only when it does.
                 match step {
                     Some(_) => wake = wake.min(intended_of(next_i).max(now + tick)),
-                    None => wake = now,
+                    None => wake = wake.min(now + tick),
                 }
             }
             if let Some(l) = self.next_linger_deadline() {
