@@ -49,10 +49,6 @@ pub struct Limits {
     /// intended times); at max rate it makes up to `messages_per_turn_max` per turn. The sleeps
     /// are when the load core reads acks.
     pub producer_tick_us: u64,
-    /// Period of each load core's heartbeat timer, the longest the core's executor sleeps while
-    /// tasks are runnable (a glommio 0.9 parking bug; see `run.rs`). Costs one wakeup per
-    /// period.
-    pub executor_heartbeat_us: u64,
 }
 
 impl Default for Limits {
@@ -71,7 +67,6 @@ impl Default for Limits {
             report_queue_depth: 1024,
             producer_idle_sleep_us: 10_000,
             producer_tick_us: 100,
-            executor_heartbeat_us: 1_000,
         }
     }
 }

@@ -237,27 +237,12 @@ async fn core_main(
     // A throughput queue with glommio's default preempt timer (100 ms): glommio polls sockets
     // only between task-queue runs, and producers sleep at least `producer_tick_us` between
     // turns (at max rate too), so the queue goes idle, and acks are read, far more often than
-    // that. No latency-sensitive queue and no short preempt timer: glommio 0.9 can park an
-    // executor that has runnable tasks (when the preempt timer has already fired as
-    // `run_task_queues` starts, it reports that nothing ran, and `park` sleeps until the next
-    // timer or I/O event). With a 250 us latency queue that stalled the whole load core for
-    // 0.2-1 s in about half of the runs: acks sat unread in the socket queues and no socket
-    // poll was armed (perf/README.md, session 6).
+    // that. No latency-sensitive queue and no short preempt timer: with a 250 us latency queue
+    // glommio 0.9 parked the load core with work queued for 0.2-1 s in about half of the runs
+    // (acks unread in the socket queues, no socket poll armed; ARCHITECTURE.md, "Known quirks
+    // (glommio)", and perf/README.md, session 6).
     let tq =
         glommio::executor().create_task_queue(Shares::default(), Latency::NotImportant, "load");
-    // The heartbeat: a timer always due within `executor_heartbeat_us`, so that if glommio
-    // parks with runnable tasks after all (the bug above, which the default preempt timer
-    // makes rare), the sleep ends within a heartbeat instead of at the next tick.
-    let heartbeat_done = Rc::new(std::cell::Cell::new(false));
-    let heartbeat = {
-        let done = heartbeat_done.clone();
-        let period = Duration::from_micros(limits.executor_heartbeat_us.max(1));
-        glommio::spawn_local(async move {
-            while !done.get() {
-                glommio::timer::sleep(period).await;
-            }
-        })
-    };
     let failure: Rc<RefCell<Option<LoadgenError>>> = Rc::new(RefCell::new(None));
     // Consumers first: they position themselves, then wait for t0.
     let mut tasks = Vec::new();
@@ -334,8 +319,6 @@ async fn core_main(
     }
     done.set(true);
     drop(ticker);
-    heartbeat_done.set(true);
-    heartbeat.await;
     // What is left belongs to the second being accumulated.
     send_second(&tx, &stats, core, next.get());
     let totals = stats.totals.borrow().clone();
