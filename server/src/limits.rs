@@ -24,11 +24,13 @@ pub struct Limits {
     /// Cross-core jobs running at once on one core. When reached, the core stops taking jobs
     /// off the mesh (senders then wait on the full queue).
     pub mesh_jobs_in_flight_max: usize,
-    /// fdatasyncs in flight on one core, over all its partitions (each runs on a kernel io-wq
-    /// worker of that core). When reached, a partition's flush waits for a slot; appends that
-    /// arrive meanwhile join that flush. Measured with 100 partitions at 250k msg/s: 1, 2 or 4
-    /// slots raise p50 publish latency 2-8x (syncs of different files run well in parallel), 16
-    /// or more match no bound, so the bound is set where it only caps runaway concurrency.
+    /// Flush rounds in flight on one core, over all its partitions (each round's write-through
+    /// write or fdatasync runs on a kernel io-wq worker; see `Log::share_sync_slots`). When
+    /// reached, a partition's flush waits for a slot; appends that arrive meanwhile join that
+    /// flush. Measured with 100 partitions at 250k msg/s, before rounds wrote through (session
+    /// 6): 1, 2 or 4 slots raise p50 publish latency 2-8x (syncs of different files run well in
+    /// parallel), 16 or more match no bound, so the bound is set where it only caps runaway
+    /// concurrency.
     pub fsyncs_in_flight_per_core_max: u64,
     /// Producer ids a core takes from the controller at a time (one metadata record per block).
     /// When a core's block is used up, the next InitProducerId waits for a new block.

@@ -52,12 +52,17 @@ use crate::types::{Clock, Offset, Term, TimestampMs};
 /// Counts of this log's flush rounds since it was opened (see [`Log::flush_stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlushStats {
-    /// Rounds that wrote and waited (a flush that found everything durable is not a round).
-    pub rounds: u64,
     /// Rounds made durable by their write-through write alone, without an fdatasync.
     pub write_through_rounds: u64,
     /// Rounds that ended with an fdatasync (plain writes were not yet durable).
     pub fdatasyncs: u64,
+}
+
+impl FlushStats {
+    /// Rounds that wrote and waited (a flush that found everything durable is not a round).
+    pub fn rounds(&self) -> u64 {
+        self.write_through_rounds + self.fdatasyncs
+    }
 }
 
 /// A freshly created segment file and its write-through (`O_DSYNC`) descriptor.
@@ -467,7 +472,6 @@ impl Log {
             }
         }
         let mut stats = self.flush_stats.get();
-        stats.rounds += 1;
         if needs_sync {
             stats.fdatasyncs += 1;
         } else {

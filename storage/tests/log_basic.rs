@@ -253,7 +253,10 @@ fn flush_writes_through_unless_plain_writes_are_pending() {
         log.append(batch(2, 1, 100), Term(1)).await.expect("append");
         log.flush().await.expect("flush");
         let s = log.flush_stats();
-        assert_eq!((s.rounds, s.write_through_rounds, s.fdatasyncs), (1, 1, 0));
+        assert_eq!(
+            (s.rounds(), s.write_through_rounds, s.fdatasyncs),
+            (1, 1, 0)
+        );
 
         // Three buffers' worth: full buffers are written (plain) while appending.
         for tag in 2..40 {
@@ -264,7 +267,7 @@ fn flush_writes_through_unless_plain_writes_are_pending() {
         assert!(log.written_end_offset() > log.flushed_end_offset());
         log.flush().await.expect("flush");
         let s = log.flush_stats();
-        assert_eq!((s.rounds, s.fdatasyncs), (2, 1), "{s:?}");
+        assert_eq!((s.rounds(), s.fdatasyncs), (2, 1), "{s:?}");
 
         // Plain writes are durable again: the next small round writes through.
         log.append(batch(1, 999, 10), Term(1))
@@ -272,10 +275,13 @@ fn flush_writes_through_unless_plain_writes_are_pending() {
             .expect("append");
         log.flush().await.expect("flush");
         let s = log.flush_stats();
-        assert_eq!((s.rounds, s.write_through_rounds, s.fdatasyncs), (3, 2, 1));
+        assert_eq!(
+            (s.rounds(), s.write_through_rounds, s.fdatasyncs),
+            (3, 2, 1)
+        );
         // Nothing new: no round at all.
         log.flush().await.expect("flush");
-        assert_eq!(log.flush_stats().rounds, 3);
+        assert_eq!(log.flush_stats().rounds(), 3);
         let end = log.end_offset();
         log.close().await.expect("close");
 
