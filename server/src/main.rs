@@ -16,6 +16,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    ringlog_server::alloc::tune_system_allocator();
     let config = match Config::resolve(Flags::parse()) {
         Ok(c) => c,
         Err(e) => {
