@@ -370,6 +370,7 @@ async fn throughput(args: &Args, dir: &Path) -> Result<Value, String> {
     }
     let bytes = batches * batch_len;
     let segments = log.segment_count();
+    let stats = log.flush_stats();
     close_log(log).await?;
     let bps = bytes as f64 / secs;
     Ok(json!({
@@ -381,6 +382,8 @@ async fn throughput(args: &Args, dir: &Path) -> Result<Value, String> {
         "mib_per_sec": bps / (1 << 20) as f64,
         "segments": segments,
         "flushes": flush_count,
+        "flush_rounds": stats.rounds(),
+        "flush_rounds_written_through": stats.write_through_rounds,
         "flush_latency_us": summary(&flush_hist),
         "executor_cpu_seconds": cpu_secs,
         "append_seconds": append_time.as_secs_f64(),
@@ -545,12 +548,13 @@ fn print_summary(v: &Value) {
     let tp = &v["throughput"];
     if !tp.is_null() {
         println!(
-            "throughput: {} bytes in {:.3} s = {:.1} MiB/s ({} B batches, {} flushes, flush p50/p99 {}/{} us, appender waited {:.3} s for flushes, executor CPU {:.3} s)",
+            "throughput: {} bytes in {:.3} s = {:.1} MiB/s ({} B batches, {} flushes in {} rounds, flush p50/p99 {}/{} us, appender waited {:.3} s for flushes, executor CPU {:.3} s)",
             tp["bytes"],
             tp["seconds"].as_f64().unwrap_or(0.0),
             tp["mib_per_sec"].as_f64().unwrap_or(0.0),
             tp["batch_bytes"],
             tp["flushes"],
+            tp["flush_rounds"],
             tp["flush_latency_us"]["p50"],
             tp["flush_latency_us"]["p99"],
             tp["flush_wait_seconds"].as_f64().unwrap_or(0.0),
