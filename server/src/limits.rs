@@ -31,7 +31,7 @@ pub struct Limits {
     /// 6): 1, 2 or 4 slots raise p50 publish latency 2-8x (syncs of different files run well in
     /// parallel), 16 or more match no bound, so the bound is set where it only caps runaway
     /// concurrency.
-    pub fsyncs_in_flight_per_core_max: u64,
+    pub flush_rounds_in_flight_per_core_max: u64,
     /// Producer ids a core takes from the controller at a time (one metadata record per block).
     /// When a core's block is used up, the next InitProducerId waits for a new block.
     pub producer_id_block_size: i64,
@@ -78,7 +78,7 @@ impl Default for Limits {
             connections_per_core_max: 10_000,
             mesh_queue_depth: 1024,
             mesh_jobs_in_flight_max: 4096,
-            fsyncs_in_flight_per_core_max: 64,
+            flush_rounds_in_flight_per_core_max: 64,
             producer_id_block_size: 1000,
             fetch_wait_ms_max: 30_000,
             cache_bytes_per_core: 64 << 20,

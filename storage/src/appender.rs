@@ -136,9 +136,8 @@ impl<F: Fn(&Completions) -> bool + Unpin> Future for WaitCompletions<F> {
 /// The write side of the active segment.
 pub struct Appender {
     file: Rc<DmaFile>,
-    /// The same file opened `O_DSYNC`, for the writes of a flush; `None` makes every write
-    /// plain (and every flush end with an fdatasync).
-    through: Option<Rc<DmaFile>>,
+    /// The same file opened `O_DSYNC`, for the writes of a flush.
+    through: Rc<DmaFile>,
     /// End position of the last write submitted through `file` (plain).
     plain_end_pos: u64,
     /// Data below this position is durable.
@@ -167,7 +166,7 @@ impl Appender {
     /// must already be durable. `through` is the write-through descriptor of the same file.
     pub fn new(
         file: Rc<DmaFile>,
-        through: Option<Rc<DmaFile>>,
+        through: Rc<DmaFile>,
         path: PathBuf,
         buffer_bytes: usize,
         end_pos: u64,
@@ -365,19 +364,18 @@ impl Appender {
     }
 
     /// Submits the next ready write to the ring, through the write-through descriptor when
-    /// `write_through` (and there is one). The caller has checked the ordering rule
+    /// `write_through`. The caller has checked the ordering rule
     /// ([`ReadyWrite::rewrites_previous_page`]) and the in-flight bound.
     pub fn submit_next(&mut self, write_through: bool) {
         let Some(w) = self.ready.pop_front() else {
             return;
         };
         assert!(!w.rewrites_previous_page || self.in_flight() == 0);
-        let file = match (&self.through, write_through) {
-            (Some(t), true) => t.clone(),
-            _ => {
-                self.plain_end_pos = self.plain_end_pos.max(w.end_pos);
-                self.file.clone()
-            }
+        let file = if write_through {
+            self.through.clone()
+        } else {
+            self.plain_end_pos = self.plain_end_pos.max(w.end_pos);
+            self.file.clone()
         };
         let expected_bytes = w.buf.len();
         let (pos, end_pos, last_offset) = (w.pos, w.end_pos, w.last_offset);

@@ -643,7 +643,7 @@ impl Log {
         let prealloc = self.initial_preallocation(0);
         let appender = Appender::new(
             new_file,
-            Some(new_through),
+            new_through,
             new_path,
             self.limits.write_buffer_bytes,
             0,

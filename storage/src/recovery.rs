@@ -153,7 +153,7 @@ pub(crate) async fn open(
     let through = segment::open_write_through(&path).await?;
     let appender = Appender::new(
         Rc::new(active_file),
-        Some(through),
+        through,
         path,
         limits.write_buffer_bytes,
         end.end_pos,

@@ -148,7 +148,7 @@ impl Log {
         let path = segment::log_path(&self.dir, new_end);
         let appender = Appender::new(
             new_file,
-            Some(new_through),
+            new_through,
             path,
             self.limits.write_buffer_bytes,
             0,
@@ -191,7 +191,7 @@ impl Log {
         let through = segment::open_write_through(&path).await?;
         let appender = Appender::new(
             file,
-            Some(through),
+            through,
             path,
             self.limits.write_buffer_bytes,
             end.end_pos,
@@ -330,7 +330,7 @@ impl Log {
         let now = self.clock.now_ms();
         let appender = Appender::new(
             file,
-            Some(through),
+            through,
             segment::log_path(&self.dir, base),
             self.limits.write_buffer_bytes,
             0,

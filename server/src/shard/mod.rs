@@ -75,7 +75,7 @@ pub struct Shard {
     pub partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
     /// This core's batch cache.
     pub cache: Rc<BatchCache>,
-    /// Flush rounds in flight on this core (`fsyncs_in_flight_per_core_max`), shared by its logs.
+    /// Flush rounds in flight on this core (`flush_rounds_in_flight_per_core_max`), shared by its logs.
     pub sync_slots: Rc<ringlog_storage::sync::LocalSemaphore>,
     /// The controller, on core 0 only.
     pub controller: RefCell<Option<Rc<Controller>>>,

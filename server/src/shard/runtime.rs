@@ -124,7 +124,7 @@ async fn shard_main(
         shard_count,
         cache: BatchCache::new(config.storage.cache_bytes_max),
         sync_slots: ringlog_storage::sync::LocalSemaphore::new(
-            config.limits.fsyncs_in_flight_per_core_max,
+            config.limits.flush_rounds_in_flight_per_core_max,
         ),
         producer_ids: RefCell::new(0..0),
         groups: crate::groups::Coordinator::default(),
