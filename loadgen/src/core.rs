@@ -65,6 +65,8 @@ pub struct RunShared {
     pub abort: AtomicBool,
     /// Largest schedule lag any producer had when the window ended, µs.
     pub lag_at_end_us: AtomicU64,
+    /// The CPU each load core runs on, as it found at start (for [`crate::cpu`]).
+    pub load_cpus: std::sync::Mutex<Vec<usize>>,
 }
 
 impl RunShared {

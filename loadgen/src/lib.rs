@@ -25,6 +25,7 @@ pub mod client;
 pub mod cluster;
 pub mod consumer;
 pub mod core;
+pub mod cpu;
 pub mod error;
 pub mod frame;
 pub mod limits;

@@ -49,6 +49,10 @@ pub struct Limits {
     /// intended times); at max rate it makes up to `messages_per_turn_max` per turn. The sleeps
     /// are when the load core reads acks.
     pub producer_tick_us: u64,
+    /// A load CPU busier than this fraction of the measured window (everything that ran on
+    /// it, kernel work included) gets a warning in the summary and `loadCpuSaturated` in the
+    /// JSON: the latency figures then include the load generator's own queueing.
+    pub load_cpu_busy_warn_fraction: f64,
 }
 
 impl Default for Limits {
@@ -67,6 +71,7 @@ impl Default for Limits {
             report_queue_depth: 1024,
             producer_idle_sleep_us: 10_000,
             producer_tick_us: 100,
+            load_cpu_busy_warn_fraction: 0.85,
         }
     }
 }

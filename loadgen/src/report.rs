@@ -63,6 +63,9 @@ pub struct Verdict {
     pub publish: Percentiles,
     pub publish_delay: Percentiles,
     pub end_to_end: Percentiles,
+    /// A load CPU was busier than the warning threshold over the measured window: the latency
+    /// figures include the load generator's own queueing (`None` when not measured).
+    pub load_cpu_saturated: Option<bool>,
 }
 
 /// Tolerance of the sustained-rate check: the measured rate may fall this much below target.
@@ -121,6 +124,11 @@ pub fn verdict(r: &RunResult) -> Verdict {
         publish: percentiles(&r.totals.publish),
         publish_delay: percentiles(&r.totals.publish_delay),
         end_to_end: percentiles(&r.totals.end_to_end),
+        load_cpu_saturated: r
+            .cpu
+            .as_ref()
+            .filter(|c| !c.load_cpus.is_empty())
+            .map(|c| c.max_busy() > r.load_cpu_busy_warn_fraction),
     }
 }
 
@@ -193,6 +201,26 @@ pub fn summary(r: &RunResult, v: &Verdict) -> String {
         r.run_acked,
         r.run_consumed
     );
+    if let Some(c) = &r.cpu {
+        let cpus: Vec<String> = c
+            .load_cpus
+            .iter()
+            .map(|(cpu, busy)| format!("CPU {cpu} {:.0}%", busy * 100.0))
+            .collect();
+        let _ = writeln!(
+            s,
+            "load CPUs over the window: {} busy (all work on them, kernel included); the load generator used {:.2} cores",
+            if cpus.is_empty() { "?".to_string() } else { cpus.join(", ") },
+            c.process_cores
+        );
+        if v.load_cpu_saturated == Some(true) {
+            let _ = writeln!(
+                s,
+                "WARNING: a load CPU was over {:.0}% busy: the latency figures include the load generator's own queueing; give it more or quieter cores",
+                r.load_cpu_busy_warn_fraction * 100.0
+            );
+        }
+    }
     s
 }
 
@@ -393,6 +421,10 @@ pub fn to_json(r: &RunResult, v: &Verdict, labels: &Labels) -> Value {
             "publishDelayLatency": v.publish_delay,
             "endToEndLatency": v.end_to_end,
             "latencyUnit": "ms",
+            "loadCpus": r.cpu.as_ref().map(|c| c.load_cpus.iter().map(|(cpu, busy)| json!({"cpu": cpu, "busyFraction": busy})).collect::<Vec<_>>()),
+            "loadgenProcessCores": r.cpu.as_ref().map(|c| c.process_cores),
+            "loadCpuSaturated": v.load_cpu_saturated,
+            "loadCpuBusyWarnFraction": r.load_cpu_busy_warn_fraction,
             "parameters": {
                 "topic": w.topic,
                 "partitions": w.partitions,

@@ -135,6 +135,10 @@ pub struct RunResult {
     /// Run-wide counters, for the drain check.
     pub run_acked: u64,
     pub run_consumed: u64,
+    /// How busy the load CPUs were over the measured window (`None` where it can not be read).
+    pub cpu: Option<crate::cpu::CpuUsage>,
+    /// [`Limits::load_cpu_busy_warn_fraction`] of the run.
+    pub load_cpu_busy_warn_fraction: f64,
 }
 
 enum Report {
@@ -201,7 +205,7 @@ pub fn run(opts: &RunOptions, limits: &Limits) -> Result<RunResult, LoadgenError
             Err(e) => failure = failure.or(Some(LoadgenError::Executor(e.to_string()))),
         }
     }
-    let (seconds, totals) = result?;
+    let (seconds, totals, cpu) = result?;
     if let Some(e) = failure {
         return Err(e);
     }
@@ -216,6 +220,8 @@ pub fn run(opts: &RunOptions, limits: &Limits) -> Result<RunResult, LoadgenError
         started_unix_ms,
         run_acked: shared.run_acked.load(Ordering::Relaxed),
         run_consumed: shared.run_consumed.load(Ordering::Relaxed),
+        cpu,
+        load_cpu_busy_warn_fraction: limits.load_cpu_busy_warn_fraction,
     })
 }
 
@@ -230,6 +236,11 @@ async fn core_main(
     clock: Clock,
     tx: SyncSender<Report>,
 ) -> Result<(), LoadgenError> {
+    if let Some(cpu) = crate::cpu::current_cpu() {
+        if let Ok(mut cpus) = shared.load_cpus.lock() {
+            cpus.push(cpu);
+        }
+    }
     let workload = Rc::new(w);
     let limits = Rc::new(limits);
     let view = Rc::new(RefCell::new(view));
@@ -355,7 +366,7 @@ fn spawn_into<T: 'static>(
         .detach()
 }
 
-type Merged = (Vec<Second>, Totals);
+type Merged = (Vec<Second>, Totals, Option<crate::cpu::CpuUsage>);
 
 fn report_loop(
     opts: &RunOptions,
@@ -393,7 +404,24 @@ fn report_loop(
     let mut next = 0u64;
     let mut cum = (0u64, 0u64);
     let mut aborted_at: Option<Instant> = None;
+    // CPU counters at the measured window's start and end (sampled within one loop turn).
+    let mut cpu_from: Option<crate::cpu::CpuSample> = None;
+    let mut cpu_usage = None;
     loop {
+        let now = Instant::now();
+        if cpu_from.is_none() && now >= window.measure_from {
+            cpu_from = crate::cpu::sample();
+        }
+        if cpu_usage.is_none() && now >= window.end {
+            if let (Some(a), Some(b)) = (&cpu_from, crate::cpu::sample()) {
+                let cpus = shared
+                    .load_cpus
+                    .lock()
+                    .map(|c| c.clone())
+                    .unwrap_or_default();
+                cpu_usage = Some(crate::cpu::usage(a, &b, &cpus));
+            }
+        }
         if shared.aborted() {
             // Cores stop at their next turn; give their last reports a moment, then stop.
             let at = *aborted_at.get_or_insert_with(Instant::now);
@@ -458,5 +486,5 @@ fn report_loop(
             shared.abort.store(true, Ordering::Relaxed);
         }
     }
-    Ok((seconds, totals))
+    Ok((seconds, totals, cpu_usage))
 }

@@ -84,6 +84,12 @@ def test_tiny_workload_end_to_end(broker, tmp_path):
     e2e = [res[f"aggregatedEndToEndLatency{s}"] for s in ("50pct", "99pct", "Max")]
     assert all(x > 0 for x in e2e) and e2e == sorted(e2e), e2e
     assert len(rl["timeSeries"]) >= 4 and rl["timeSeries"][0]["warmup"] is True
+    # The load CPUs' busy fractions over the window, and the load generator's own CPU use.
+    cpus = rl["loadCpus"]
+    assert len(cpus) == 1 and 0.0 <= cpus[0]["busyFraction"] <= 1.0, cpus
+    assert 0.0 < rl["loadgenProcessCores"] < 2.0, rl["loadgenProcessCores"]
+    assert rl["loadCpuSaturated"] == (cpus[0]["busyFraction"] > rl["loadCpuBusyWarnFraction"])
+    assert "load CPUs over the window: CPU " in r.stdout, r.stdout
     # The report and the log.
     page = html.read_text()
     assert page.count("<svg") == 3 and "polyline" in page
