@@ -10,13 +10,9 @@
 //! decoder then fails on the short buffer and the connection is closed. Real data never reaches
 //! this path: requests are bounded by `request_bytes_max`.
 //!
-//! [`tune_system_allocator`] also fixes glibc's mmap threshold at startup. Why: glommio
-//! serves DMA buffers past its small registered pool (`io_memory`) with `posix_memalign`, and
-//! each flush round takes a fresh write buffer (256 KiB). Left to glibc's dynamic threshold,
-//! every one of those was observed to be a new `mmap`, then a `munmap` when the write
-//! completed, with a page fault for each of its pages: at 20k msg/s (8 partitions, one core)
-//! 5.6k mmap and munmap calls and 13k page faults per second (about 6% of its samples). With the
-//! threshold fixed, the buffers come from the heap and are reused.
+//! [`tune_system_allocator`] also fixes glibc's mmap threshold at startup, so the logs' DMA
+//! write buffers come from the heap instead of a fresh mapping each (see
+//! `ringlog_storage::alloc`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -24,26 +20,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 const HUGE_BYTES: usize = 1 << 30;
 const PAGE_BYTES: usize = 4096;
 
-/// Allocations below this are served from glibc's heap, never by a fresh `mmap` (the largest
-/// threshold glibc accepts on 64-bit). Larger ones are rare: requests of up to
-/// `request_bytes_max`.
-const MMAP_THRESHOLD_BYTES: i32 = 32 << 20;
-/// glibc returns free memory at the top of a heap to the kernel only past this much, so a
-/// core's buffers are not unmapped and faulted in again between bursts.
-const TRIM_THRESHOLD_BYTES: i32 = 128 << 20;
-
-/// Sets glibc's mmap and trim thresholds (see the module documentation). Call once, at
-/// startup, before other threads exist. A failure only costs speed, so it is logged, not fatal.
-pub fn tune_system_allocator() {
-    // SAFETY: mallopt only changes allocator parameters; it is called before other threads.
-    let ok = unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
-            && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
-    };
-    if !ok {
-        tracing::warn!("mallopt refused the allocator thresholds; large buffers will be mapped");
-    }
-}
+pub use ringlog_storage::alloc::tune_system_allocator;
 
 /// See the module documentation.
 pub struct BrokerAlloc;

@@ -16,6 +16,7 @@
 //! - [`cache`]: the per-core cache of recent batches;
 //! - [`config`]: topic configs by Kafka name, and every storage limit.
 
+pub mod alloc;
 pub mod batch;
 pub mod cache;
 pub mod config;

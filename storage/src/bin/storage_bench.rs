@@ -39,7 +39,8 @@ usage: ringlog-storage-bench --dir DIR [options]
   --quick                   small defaults, for smoke tests
   --batch-bytes N           size of each appended batch (default 16K)
   --flush-bytes N           throughput phase: spawn a flush every N appended bytes (default 1M)
-  --outstanding-flushes N   throughput phase: flushes in progress before appends wait (default 8: a broker has many producers waiting on group commits at once)
+  --outstanding-flushes N   throughput phase: flushes in progress before appends wait (default 20: the
+                            broker's write workload, 4 producers x 5 requests of up to 1 MiB in flight)
   --clone-in-loop           throughput phase: copy each batch from a template inside the timed loop
                             (default: all batches are built before the clock starts, as fio's buffers are)
   --baseline                also run the latency phase on a bare glommio DmaFile (write_at + fdatasync,
@@ -107,7 +108,12 @@ fn parse_args() -> Result<Args, String> {
     let mut json_path = None;
     let mut batch_bytes = 16 * 1024;
     let mut flush_bytes = 1 << 20;
-    let mut outstanding_flushes = 8;
+    // As many flushes as the broker's write workload (perf/workloads/max-write.toml) has
+    // produce requests waiting on group commit: 4 producers x 5 in flight. With 8, the
+    // appender waited for flushes a fifth of the run: an fdatasync issued while writes stream
+    // takes ~5 ms here, and 8 MiB outstanding is less than the disk writes in that time, so the
+    // figure measured the bench's pipeline depth, not the log (perf/README.md, session 8).
+    let mut outstanding_flushes = 20;
     let mut yield_every = 0;
     let mut clone_in_loop = false;
     let mut baseline = false;
@@ -583,6 +589,8 @@ fn print_baseline(v: &Value) {
 }
 
 fn main() {
+    // The broker's allocator settings, so the log's write buffers are allocated as there.
+    ringlog_storage::alloc::tune_system_allocator();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
