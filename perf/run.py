@@ -431,7 +431,7 @@ def floor_note(runs: list[dict]) -> str | None:
     """The 50% runs with fsync off (--floor) against those with it on, and how busy the load
     generator's CPU was in each: what part of the p99 durability costs at all."""
     off = [r for r in runs if "nofsync" in r["name"] and "failed" not in r]
-    on = [r for r in runs if r["name"].startswith("write-50pct") and "nofsync" not in r["name"]
+    on = [r for r in runs if "write-50pct" in r["name"] and "nofsync" not in r["name"]
           and "failed" not in r]
     if not off or not on:
         return None
