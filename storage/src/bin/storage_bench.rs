@@ -43,6 +43,9 @@ usage: ringlog-storage-bench --dir DIR [options]
                             broker's write workload, 4 producers x 5 requests of up to 1 MiB in flight)
   --clone-in-loop           throughput phase: copy each batch from a template inside the timed loop
                             (default: all batches are built before the clock starts, as fio's buffers are)
+  --prewritten              latency phase: write zeros over the region the phase will append to (and
+                            sync) before the clock starts, so appends overwrite written blocks, as they
+                            would in a recycled segment; measures what segment recycling would give
   --baseline                also run the latency phase on a bare glommio DmaFile (write_at + fdatasync,
                             no log): separates glommio's cost from the log's
   --yield-every N           throughput phase: yield to the executor every N appends (default 0: never)
@@ -69,6 +72,8 @@ struct Args {
     yield_every: u64,
     clone_in_loop: bool,
     baseline: bool,
+    /// Latency phase: the appended region is written (zeros) and synced before the clock starts.
+    prewritten: bool,
     /// segment.bytes of the throughput phase's log.
     segment_bytes: u64,
     /// segment.bytes of the latency phase's log.
@@ -117,6 +122,7 @@ fn parse_args() -> Result<Args, String> {
     let mut yield_every = 0;
     let mut clone_in_loop = false;
     let mut baseline = false;
+    let mut prewritten = false;
     let mut segment_bytes = None;
     let mut limits = StorageLimits::default();
     let mut io_memory = 4 << 20;
@@ -131,6 +137,7 @@ fn parse_args() -> Result<Args, String> {
             "--keep" => keep = true,
             "--clone-in-loop" => clone_in_loop = true,
             "--baseline" => baseline = true,
+            "--prewritten" => prewritten = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -194,6 +201,7 @@ fn parse_args() -> Result<Args, String> {
         yield_every,
         clone_in_loop,
         baseline,
+        prewritten,
         segment_bytes,
         latency_segment_bytes,
         limits,
@@ -402,6 +410,11 @@ async fn throughput(args: &Args, dir: &Path) -> Result<Value, String> {
 async fn latency(args: &Args, dir: &Path) -> Result<Value, String> {
     let log = open_log(dir, args, args.latency_segment_bytes).await?;
     let template = exact_batch(args.batch_bytes)?;
+    if args.prewritten {
+        let ops = args.warmup_ops + args.latency_ops;
+        let bytes = (ops * template.len() as u64 + (1 << 20)).next_multiple_of(1 << 20);
+        prewrite(&dir.join(format!("{:020}.log", 0)), bytes).await?;
+    }
     let mut total = histogram();
     let mut append = histogram();
     let mut flush = histogram();
@@ -432,6 +445,31 @@ async fn latency(args: &Args, dir: &Path) -> Result<Value, String> {
         "append_us": summary(&append),
         "flush_us": summary(&flush),
     }))
+}
+
+/// Writes zeros over the first `bytes` of the (empty, preallocated) active segment at `path`
+/// through a second descriptor and syncs them, so its extents are written, not unwritten: the
+/// state of a segment file that was recycled instead of created.
+async fn prewrite(path: &Path, bytes: u64) -> Result<(), String> {
+    use glommio::io::OpenOptions;
+    let err = |what: &str, e: glommio::GlommioError<()>| format!("{what} {}: {e}", path.display());
+    let file = OpenOptions::new()
+        .write(true)
+        .dma_open(path)
+        .await
+        .map_err(|e| err("opening to prewrite", e))?;
+    const CHUNK: u64 = 1 << 20;
+    let mut pos = 0;
+    while pos < bytes {
+        let mut buf = file.alloc_dma_buffer(CHUNK as usize);
+        buf.as_bytes_mut().fill(0);
+        file.write_at(buf, pos)
+            .await
+            .map_err(|e| err("prewriting", e))?;
+        pos += CHUNK;
+    }
+    file.fdatasync().await.map_err(|e| err("syncing", e))?;
+    file.close().await.map_err(|e| err("closing", e))
 }
 
 /// The latency phase without the log: the same O_DIRECT write and fdatasync, straight through
@@ -503,6 +541,7 @@ async fn run(args: Args) -> Result<Value, String> {
             "io_memory_bytes": args.io_memory,
             "spin_before_park_us": args.spin_before_park_us,
             "pin_cpu": args.pin_cpu,
+            "prewritten": args.prewritten,
         },
         "limits": {
             "write_buffer_bytes": args.limits.write_buffer_bytes,
