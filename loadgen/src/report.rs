@@ -421,7 +421,7 @@ pub fn to_json(r: &RunResult, v: &Verdict, labels: &Labels) -> Value {
             "publishDelayLatency": v.publish_delay,
             "endToEndLatency": v.end_to_end,
             "latencyUnit": "ms",
-            "loadCpus": r.cpu.as_ref().map(|c| c.load_cpus.iter().map(|(cpu, busy)| json!({"cpu": cpu, "busyFraction": busy})).collect::<Vec<_>>()),
+            "loadCpus": r.cpu.as_ref().map(load_cpus_json),
             "loadgenProcessCores": r.cpu.as_ref().map(|c| c.process_cores),
             "loadCpuSaturated": v.load_cpu_saturated,
             "loadCpuBusyWarnFraction": r.load_cpu_busy_warn_fraction,
@@ -446,6 +446,14 @@ pub fn to_json(r: &RunResult, v: &Verdict, labels: &Labels) -> Value {
         }),
     );
     Value::Object(o)
+}
+
+/// Each load CPU's busy fraction over the window, as JSON objects.
+fn load_cpus_json(c: &crate::cpu::CpuUsage) -> Vec<Value> {
+    c.load_cpus
+        .iter()
+        .map(|(cpu, busy)| json!({"cpu": cpu, "busyFraction": busy}))
+        .collect()
 }
 
 /// The git revision of the current directory's repository, if any.
