@@ -41,6 +41,7 @@ fn limits() -> StorageLimits {
         cache_bytes_max: 32 * 1024,
         compaction_map_bytes_max: 1 << 20,
         preallocate_step_bytes: 256 * 1024,
+        recycled_segments_per_log_max: 1,
     }
 }
 

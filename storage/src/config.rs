@@ -195,6 +195,14 @@ pub struct StorageLimits {
     /// pass compacts only the segments scanned so far; the next pass continues (keeping an
     /// older value a little longer is always safe).
     pub compaction_map_bytes_max: usize,
+    /// Sealed segment files that retention retires are kept, renamed `<base>.log.free`, up to
+    /// this many per log, and the next roll reuses one instead of creating a file (see
+    /// `recycle.rs`): appends then overwrite blocks that are already written, so a flush makes
+    /// no extent conversion durable, which on ext4 is most of the gap between the log's p99
+    /// append+flush and the disk's fdatasync (perf/README.md, session 9). When the pool is
+    /// full, further retired segments are deleted. Disk cost: up to this many segment files
+    /// (`segment.bytes` each) per partition beyond what retention keeps. 0 turns recycling off.
+    pub recycled_segments_per_log_max: usize,
 }
 
 impl Default for StorageLimits {
@@ -206,6 +214,7 @@ impl Default for StorageLimits {
             cache_bytes_max: 64 << 20,
             compaction_map_bytes_max: 32 << 20,
             preallocate_step_bytes: 32 << 20,
+            recycled_segments_per_log_max: 1,
         }
     }
 }

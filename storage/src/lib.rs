@@ -12,7 +12,8 @@
 //! - `appender`: aligned O_DIRECT writes, the tail-page rewrite, bounded in-flight writes;
 //! - `segment`, `index`: file naming and layout, validating scans, sparse offset/time indexes;
 //! - `recovery`: opening after a crash; `truncate`: suffix and prefix truncation;
-//! - `retention`, `compaction`: housekeeping on a low-priority task queue;
+//! - `retention`, `compaction`: housekeeping on a low-priority task queue; `recycle`: the pool
+//!   of retired segment files that rolls reuse;
 //! - [`cache`]: the per-core cache of recent batches;
 //! - [`config`]: topic configs by Kafka name, and every storage limit.
 
@@ -30,6 +31,7 @@ mod compaction;
 pub mod file;
 mod index;
 mod recovery;
+mod recycle;
 mod retention;
 mod segment;
 mod truncate;
@@ -39,7 +41,7 @@ pub use cache::BatchCache;
 pub use compaction::CompactionReport;
 pub use config::{CleanupPolicy, ConfigError, LogConfig, StorageLimits};
 pub use error::{Result, StorageError};
-pub use log::{AppendInfo, FlushStats, Log};
+pub use log::{AppendInfo, FlushStats, Log, PoolStats};
 pub use retention::HousekeepingReport;
 pub use types::{Clock, ManualClock, Offset, SystemClock, Term, TimestampMs};
 

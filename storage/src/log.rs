@@ -68,6 +68,15 @@ impl FlushStats {
 /// A freshly created segment file and its write-through (`O_DSYNC`) descriptor.
 pub(crate) type NewSegmentFile = (Rc<DmaFile>, Rc<DmaFile>);
 
+/// The segment pool of a log (see [`Log::pool_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Retired segment files waiting to be reused.
+    pub pooled: usize,
+    /// Rolls that reused a pooled file instead of creating one, since the log was opened.
+    pub reused: u64,
+}
+
 /// What `append` assigned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppendInfo {
@@ -125,6 +134,8 @@ pub struct Log {
     /// [`Log::share_sync_slots`]).
     pub(crate) sync_slots: RefCell<Option<Rc<crate::sync::LocalSemaphore>>>,
     pub(crate) flush_stats: std::cell::Cell<FlushStats>,
+    /// Retired segment files kept for reuse by the next roll (see `recycle.rs`).
+    pub(crate) pool: RefCell<crate::recycle::SegmentPool>,
 }
 
 /// A batch on its way into [`Log::append_inner`].
@@ -609,7 +620,7 @@ impl Log {
         // yet, and if the process dies before the old segment is sealed, recovery deletes the
         // temporary file and the old segment is still the active one (no gap at the end).
         let tmp_path = segment::creating_path(&self.dir, new_base);
-        let (new_file, new_through) = self.create_segment_file_at(&tmp_path).await?;
+        let (new_file, new_through, prealloc) = self.next_segment_file(&tmp_path).await?;
         let old_end = self.sync_active().await;
         if let Err(e) = old_end {
             let _ = new_file.close_rc().await;
@@ -640,7 +651,6 @@ impl Log {
         }
         let now = self.clock.now_ms();
         let mut st = self.state.borrow_mut();
-        let prealloc = self.initial_preallocation(0);
         let appender = Appender::new(
             new_file,
             new_through,
@@ -669,6 +679,50 @@ impl Log {
         );
         tracing::info!(dir = %self.dir.display(), sealed = %base, new = %new_base, "rolled segment");
         Ok(())
+    }
+
+    /// The file of the next segment, at `path`: a pooled one if a retired segment is waiting
+    /// (see `recycle.rs`), else a fresh one. Returns it with its write-through descriptor and
+    /// the size reserved so far.
+    async fn next_segment_file(&self, path: &Path) -> Result<(Rc<DmaFile>, Rc<DmaFile>, u64)> {
+        let want = self.initial_preallocation(0);
+        let pooled = self.pool.borrow_mut().pop_unused();
+        if let Some((f, size)) = match pooled {
+            Some(p) => crate::recycle::reuse(p, path).await,
+            None => None,
+        } {
+            let ready = async {
+                if size < want {
+                    f.pre_allocate(want, false)
+                        .await
+                        .map_err(|e| StorageError::glommio("preallocating segment", path, e))?;
+                }
+                segment::open_write_through(path).await
+            }
+            .await;
+            match ready {
+                Ok(through) => {
+                    self.pool.borrow_mut().reused += 1;
+                    return Ok((Rc::new(f), through, size.max(want)));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "reused segment unusable; creating a fresh one");
+                    let _ = f.close().await;
+                    file::remove_if_exists(path).await?;
+                }
+            }
+        }
+        let (f, through) = self.create_segment_file_at(path).await?;
+        Ok((f, through, want))
+    }
+
+    /// The segment pool: retired files waiting for a roll, and how many rolls reused one.
+    pub fn pool_stats(&self) -> PoolStats {
+        let p = self.pool.borrow();
+        PoolStats {
+            pooled: p.len(),
+            reused: p.reused,
+        }
     }
 
     /// How much of a segment whose data ends at `end_pos` to preallocate up front.

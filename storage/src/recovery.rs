@@ -3,7 +3,8 @@
 //! Runs on the partition's core when the log is opened.
 //!
 //! - Leftovers of interrupted writes (`*.tmp`, `*.log.cleaned`) are deleted: the file they
-//!   would have replaced is still whole.
+//!   would have replaced is still whole. Pooled segment files (`*.log.free`, see `recycle.rs`)
+//!   go back into the pool, up to its bound.
 //! - Each sealed segment loads its `.index`/`.timeindex`; a missing or damaged index (bad
 //!   checksum, size not matching the segment, unsorted entries) is rebuilt by a validating scan
 //!   and written again. A sealed segment whose scan stops early (a crash while it was being
@@ -48,6 +49,7 @@ pub(crate) async fn open(
     // Opening is rare and off the hot path: the directory listing uses std::fs.
     std::fs::create_dir_all(dir).map_err(|e| StorageError::io("creating log directory", dir, e))?;
     let mut bases = Vec::new();
+    let mut pooled = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io("listing", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StorageError::io("listing", dir, e))?;
@@ -56,9 +58,13 @@ pub(crate) async fn open(
             file::remove_if_exists(&entry.path()).await?;
         } else if let Some(base) = segment::parse_log_name(&name) {
             bases.push(base);
+        } else if name.ends_with(crate::recycle::FREE_SUFFIX) {
+            pooled.push(name);
         }
     }
     bases.sort();
+    let pool = crate::recycle::SegmentPool::open(dir, pooled, limits.recycled_segments_per_log_max)
+        .await?;
     probe_device(dir).await?;
     // The start offset checkpoint: `i64 BE start offset`, then (since Raft) `i32 BE term of
     // the entry before it` (-1: unknown). An 8-byte checkpoint predates the term.
@@ -207,6 +213,7 @@ pub(crate) async fn open(
         sync_lock: crate::sync::LocalSemaphore::new(1),
         sync_slots: std::cell::RefCell::new(None),
         flush_stats: std::cell::Cell::new(Default::default()),
+        pool: RefCell::new(pool),
     };
     if start_offset > first_base {
         // Finishes a prefix truncation that was interrupted after its checkpoint was written.

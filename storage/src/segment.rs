@@ -11,6 +11,8 @@
 //! <base offset, 20 digits>.log.cleaned  compaction output before it replaces the .log
 //! <base offset, 20 digits>.log.tmp     a segment being created by a roll (renamed to .log
 //!                                      once the previous segment is sealed)
+//! <base offset, 20 digits>.log.free    a segment retired by retention, kept for a roll to
+//!                                      reuse (see recycle.rs); the base is the old segment's
 //! start_offset                         log start offset checkpoint (truncate_prefix)
 //! *.tmp                                half-written checked files, deleted at open
 //! ```
@@ -28,6 +30,8 @@
 //! term order catches a term that shrinks. Zeros (preallocated space)
 //! fail the length check, which is how the scan finds the end. Stale bytes past the end can not
 //! be resurrected: truncation cuts the file and preallocates again, which reads back as zeros.
+//! A recycled active segment holds its previous life's batches past the end; their offsets are
+//! all below the log start, so the density check ends the scan at the first of them.
 //!
 //! ## Write-through flushes
 //! The active segment is open twice: a plain O_DIRECT descriptor for the writes of full buffers

@@ -287,7 +287,7 @@ impl Log {
                 .collect()
         };
         for base in &doomed {
-            remove_segment_files(self, *base).await?;
+            retire_segment(self, *base, new_start).await?;
             self.state.borrow_mut().sealed.remove(base);
         }
         if !doomed.is_empty() {
@@ -350,6 +350,25 @@ impl Log {
         st.terms.clear();
         Ok(())
     }
+}
+
+/// Retires a segment wholly below `new_start`, the log start already checkpointed: its file goes into the pool if there is room
+/// (see `recycle.rs`: only segments below the start may be recycled, never those cut off by a
+/// suffix truncation, whose offsets will be assigned again), else it is deleted.
+async fn retire_segment(log: &Log, base: Offset, new_start: Offset) -> Result<()> {
+    let seg: Option<Rc<Segment>> = log.state.borrow().sealed.get(&base).cloned();
+    let room = log.pool.borrow().len() < log.limits.recycled_segments_per_log_max;
+    let Some(seg) = seg.filter(|_| room) else {
+        return remove_segment_files(log, base).await;
+    };
+    assert!(
+        seg.index.end_offset() <= new_start,
+        "only segments below the (checkpointed) log start are recycled"
+    );
+    let path = crate::recycle::pool_file(&log.dir, base)?;
+    log.pool.borrow_mut().push(path, seg.file.clone());
+    file::remove_if_exists(&segment::index_path(&log.dir, base)).await?;
+    file::remove_if_exists(&segment::timeindex_path(&log.dir, base)).await
 }
 
 /// Deletes a segment's files (the open handle, if any, stays readable until dropped).

@@ -87,6 +87,48 @@ fn quick_bench_run_writes_json() {
 }
 
 #[test]
+fn quick_recycled_latency_run_appends_into_a_reused_segment() {
+    let dir = tempfile::tempdir_in("/tmp").expect("tempdir");
+    let json_path = dir.path().join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringlog-storage-bench"))
+        .args(["--quick", "--recycled", "--total-bytes", "0"])
+        .args([
+            "--latency-ops",
+            "20",
+            "--warmup-ops",
+            "2",
+            "--io-memory",
+            "2M",
+        ])
+        .arg("--dir")
+        .arg(dir.path().join("data"))
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .expect("run ringlog-storage-bench");
+    assert!(
+        out.status.success(),
+        "bench failed: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json_path).expect("JSON written");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let lat = &v["latency"];
+    assert_eq!(lat["segment"].as_str(), Some("recycled"), "{lat}");
+    assert_eq!(lat["pool"]["reused"].as_u64(), Some(1), "{lat}");
+    // --quick segments are 8 MiB: the reused file is the whole first segment.
+    assert!(
+        lat["recycled_file_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 7 << 20),
+        "{lat}"
+    );
+    assert_eq!(lat["append_flush_us"]["count"].as_u64(), Some(20), "{lat}");
+}
+
+#[test]
 fn bad_arguments_exit_with_usage() {
     let out = Command::new(env!("CARGO_BIN_EXE_ringlog-storage-bench"))
         .arg("--no-such-flag")

@@ -177,10 +177,18 @@ struct ReadBack {
 }
 
 /// Reads the whole log and checks every batch against the child's deterministic content.
-async fn verify_reads(log: &Log, dir: &Path) -> ReadBack {
+/// `min_start`: `None` when nothing deletes from the log (it must start at 0), else the
+/// highest start offset the child reported (retention mode).
+async fn verify_reads(log: &Log, dir: &Path, min_start: Option<i64>) -> ReadBack {
     let start = log.start_offset();
     let end = log.end_offset();
-    assert_eq!(start, Offset(0), "nothing deletes from this log");
+    match min_start {
+        None => assert_eq!(start, Offset(0), "nothing deletes from this log"),
+        Some(m) => assert!(
+            start.0 >= m && start <= end,
+            "log start {start} is before the reported start {m} or past the end {end}"
+        ),
+    }
     let bases: Vec<i64> = log_files(dir).keys().copied().collect();
     let mut at = start;
     let mut batches = Vec::new();
@@ -294,6 +302,18 @@ fn verify_files(dir: &Path, batches: &[(i64, usize)]) -> usize {
             );
         }
     }
+    let pooled = std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter(|e| {
+            let e = e.as_ref().expect("entry");
+            e.file_name().to_string_lossy().ends_with(".log.free")
+        })
+        .count();
+    let pool_max = crash_child::limits().recycled_segments_per_log_max;
+    assert!(
+        pooled <= pool_max,
+        "{pooled} pooled segment files, the bound is {pool_max}"
+    );
     let leftovers: Vec<String> = std::fs::read_dir(dir)
         .expect("read dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -314,6 +334,7 @@ fn reopen_and_verify(
     dir: &Path,
     reported: i64,
     fsize_mode: bool,
+    min_start: Option<i64>,
     known_gaps: &mut Vec<(i64, i64)>,
 ) -> Verified {
     let d = dir.to_path_buf();
@@ -325,7 +346,7 @@ fn reopen_and_verify(
             end >= reported,
             "log end {end} is before the reported flushed end {reported}"
         );
-        let r = verify_reads(&log, &d).await;
+        let r = verify_reads(&log, &d, min_start).await;
         assert_eq!(
             log.flushed_end_offset(),
             log.end_offset(),
@@ -370,20 +391,43 @@ fn reopen_and_verify(
     }
 }
 
-#[test]
-fn sigkill_at_random_points_keeps_every_flushed_batch() {
+/// The highest `<prefix><offset>` value of the child's output.
+fn max_said(out: &str, prefix: &str) -> Option<i64> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .map(|v| v.trim().parse::<i64>().expect("a number after the prefix"))
+        .max()
+}
+
+/// What a series of kill rounds saw.
+struct KillRounds {
+    rounds: usize,
+    last: Verified,
+    reported_ever: i64,
+    /// Highest start offset the child reported (retention mode).
+    start_ever: Option<i64>,
+    /// Rounds in which a roll reused a pooled segment file.
+    rounds_reusing: usize,
+}
+
+/// Runs the child again and again in one directory, killing it at a random moment each time,
+/// and verifies the reopened log after each kill. `retain_bytes` runs the child with
+/// retention (and so segment recycling).
+fn kill_rounds(retain_bytes: Option<u64>, rounds_default: u64, secs_default: u64) -> KillRounds {
     // Overridable for longer stress runs: RINGLOG_CRASH_ROUNDS, RINGLOG_CRASH_SECS.
     let env = |name: &str, default: u64| -> u64 {
         std::env::var(name).map_or(default, |v| v.parse().expect("a number"))
     };
-    let rounds_max = env("RINGLOG_CRASH_ROUNDS", 25) as usize;
-    let new_rounds_until = Duration::from_secs(env("RINGLOG_CRASH_SECS", 25));
+    let rounds_max = env("RINGLOG_CRASH_ROUNDS", rounds_default) as usize;
+    let new_rounds_until = Duration::from_secs(env("RINGLOG_CRASH_SECS", secs_default));
     let seed = seed();
     println!("crash test seed: {seed} (replay with RINGLOG_CRASH_SEED={seed})");
     let mut rng = XorShift::new(seed);
     let dir = tempfile::tempdir_in("/tmp").expect("tempdir");
     let started = Instant::now();
     let mut reported_ever = 0i64;
+    let mut start_ever = retain_bytes.map(|_| 0i64);
+    let mut rounds_reusing = 0;
     let mut flush_lines = 0usize;
     let mut rounds = 0usize;
     let mut last = None;
@@ -392,7 +436,11 @@ fn sigkill_at_random_points_keeps_every_flushed_batch() {
         rounds += 1;
         let run_ms = 10 + rng.below(391);
         let child_seed = rng.next_u64();
-        let mut child = ChildGuard::spawn(dir.path(), &["--seed".into(), child_seed.to_string()]);
+        let mut args = vec!["--seed".to_string(), child_seed.to_string()];
+        if let Some(n) = retain_bytes {
+            args.extend(["--retain-bytes".to_string(), n.to_string()]);
+        }
+        let mut child = ChildGuard::spawn(dir.path(), &args);
         std::thread::sleep(Duration::from_millis(run_ms));
         if let Some(status) = child.try_wait() {
             let (_, out, err) = child.finish();
@@ -410,7 +458,13 @@ fn sigkill_at_random_points_keeps_every_flushed_batch() {
         flush_lines += out.lines().filter(|l| l.starts_with("FLUSHED ")).count();
         let reported = max_flushed(&out).unwrap_or(0);
         reported_ever = reported_ever.max(reported);
-        let v = reopen_and_verify(dir.path(), reported_ever, false, &mut gaps);
+        if let (Some(s), Some(said)) = (start_ever.as_mut(), max_said(&out, "START ")) {
+            *s = (*s).max(said);
+        }
+        if out.lines().any(|l| l.starts_with("REUSED ")) {
+            rounds_reusing += 1;
+        }
+        let v = reopen_and_verify(dir.path(), reported_ever, false, start_ever, &mut gaps);
         println!(
             "round {rounds}: ran {run_ms} ms, child seed {child_seed}, reported {reported}, \
              reopened end {}, {} batches, {} segments",
@@ -426,20 +480,52 @@ fn sigkill_at_random_points_keeps_every_flushed_batch() {
         }
         last = Some(v);
     }
-    let v = last.expect("at least one round");
+    let last = last.expect("at least one round");
     println!(
         "{rounds} rounds in {:?}, {flush_lines} flushes reported, final end {}, {} segments, \
+         start {start_ever:?}, {rounds_reusing} rounds reused a pooled segment, \
          gaps left by the known roll bug: {gaps:?}",
         started.elapsed(),
-        v.end,
-        v.segments
+        last.end,
+        last.segments
     );
     assert!(rounds >= 5, "only {rounds} rounds ran");
     assert!(
         flush_lines > 0 && reported_ever > 0,
         "the child never reported a flush"
     );
-    assert!(v.segments > 1, "the child never rolled a segment");
+    KillRounds {
+        rounds,
+        last,
+        reported_ever,
+        start_ever,
+        rounds_reusing,
+    }
+}
+
+#[test]
+fn sigkill_at_random_points_keeps_every_flushed_batch() {
+    let k = kill_rounds(None, 25, 25);
+    assert!(k.last.segments > 1, "the child never rolled a segment");
+}
+
+#[test]
+fn sigkill_with_retention_and_recycled_segments_keeps_every_flushed_batch() {
+    // Two segments' worth kept: retention retires a segment about every segment of appends,
+    // and the next roll reuses its file, so most rounds append into a recycled segment.
+    let k = kill_rounds(Some(2 * crash_child::SEGMENT_BYTES), 25, 20);
+    let start = k.start_ever.unwrap_or(0);
+    assert!(
+        start > 0 && start < k.reported_ever,
+        "retention moved the start ({start}, flushed end {})",
+        k.reported_ever
+    );
+    assert!(
+        k.rounds_reusing * 2 >= k.rounds.min(10),
+        "rolls reused pooled segments in only {} of {} rounds",
+        k.rounds_reusing,
+        k.rounds
+    );
 }
 
 #[test]
@@ -510,7 +596,7 @@ fn file_size_limit_fails_the_log_with_efbig_and_keeps_flushed_data() {
     // Reopened without the limit: everything flushed is there, the oversized batch is not
     // (it could not be written whole), and the log is consistent.
     let mut gaps = Vec::new();
-    let v = reopen_and_verify(dir.path(), reported, true, &mut gaps);
+    let v = reopen_and_verify(dir.path(), reported, true, None, &mut gaps);
     assert!(
         gaps.is_empty(),
         "no offsets missing without a crash: {gaps:?}"
@@ -542,7 +628,7 @@ fn file_size_limit_fails_the_log_with_efbig_and_keeps_flushed_data() {
         end.0
     });
     assert!(end > reported);
-    let again = reopen_and_verify(dir.path(), end, true, &mut gaps);
+    let again = reopen_and_verify(dir.path(), end, true, None, &mut gaps);
     assert!(
         gaps.is_empty(),
         "no offsets missing without a crash: {gaps:?}"

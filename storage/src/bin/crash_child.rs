@@ -1,7 +1,7 @@
 //! Crash-test child: appends batches with deterministic content to a log and reports every
 //! flush on stdout, until it is killed (`storage/tests/crash.rs` drives it).
 //!
-//! Usage: `ringlog-storage-crash-child <dir> [--seed N] [--fsize-limit BYTES]`
+//! Usage: `ringlog-storage-crash-child <dir> [--seed N] [--retain-bytes N] [--fsize-limit BYTES]`
 //!
 //! Stdout, one line per event, flushed at once:
 //! - `OPENED <end offset>` after the log opened;
@@ -12,6 +12,12 @@
 //!
 //! The batch at base offset `b` is always [`expected_batch`]`(b)`: a record count and values
 //! derived from `b` alone, so a reader can check every byte of every batch in the log.
+//!
+//! `--retain-bytes N` sets `retention.bytes` and runs retention after every flush, so sealed
+//! segments are retired into the segment pool and rolls reuse them (see `recycle.rs`); it then
+//! also reports `START <log start offset>` whenever retention moved the start (the start
+//! offset checkpoint is durable before that line) and `REUSED <count>` whenever a roll reused
+//! a pooled file.
 //!
 //! `--fsize-limit BYTES` sets `RLIMIT_FSIZE` (and ignores `SIGXFSZ`) before the executor
 //! starts, uses 64 KiB segments (below the limit, so the log opens and rolls normally), appends
@@ -115,12 +121,14 @@ struct Args {
     dir: PathBuf,
     seed: u64,
     fsize_limit: Option<u64>,
+    retain_bytes: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut dir = None;
     let mut seed = 1;
     let mut fsize_limit = None;
+    let mut retain_bytes = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut num = |name: &str| -> Result<u64, String> {
@@ -130,16 +138,19 @@ fn parse_args() -> Result<Args, String> {
         match a.as_str() {
             "--seed" => seed = num("--seed")?,
             "--fsize-limit" => fsize_limit = Some(num("--fsize-limit")?),
+            "--retain-bytes" => retain_bytes = Some(num("--retain-bytes")?),
             _ if dir.is_none() && !a.starts_with("--") => dir = Some(PathBuf::from(a)),
             _ => return Err(format!("unexpected argument {a}")),
         }
     }
-    let dir =
-        dir.ok_or("usage: ringlog-storage-crash-child <dir> [--seed N] [--fsize-limit BYTES]")?;
+    let dir = dir.ok_or(
+        "usage: ringlog-storage-crash-child <dir> [--seed N] [--retain-bytes N] [--fsize-limit BYTES]",
+    )?;
     Ok(Args {
         dir,
         seed,
         fsize_limit,
+        retain_bytes,
     })
 }
 
@@ -214,6 +225,7 @@ pub fn limits() -> StorageLimits {
         cache_bytes_max: 256 * 1024,
         compaction_map_bytes_max: 1 << 20,
         preallocate_step_bytes: 1 << 20,
+        recycled_segments_per_log_max: 1,
     }
 }
 
@@ -243,15 +255,13 @@ async fn run(args: Args) -> i32 {
     let fsize_mode = args.fsize_limit.is_some();
     let limits = limits();
     let cache = BatchCache::new(limits.cache_bytes_max);
-    let log = match Log::open(
-        &args.dir,
-        config(fsize_mode),
-        limits,
-        cache,
-        Rc::new(SystemClock),
-    )
-    .await
-    {
+    let mut cfg = config(fsize_mode);
+    if let Some(n) = args.retain_bytes {
+        // By size only: the batches' timestamps are from 2023, far past any retention.ms.
+        cfg.retention_bytes = n as i64;
+        cfg.retention_ms = -1;
+    }
+    let log = match Log::open(&args.dir, cfg, limits, cache, Rc::new(SystemClock)).await {
         Ok(log) => Rc::new(log),
         Err(e) => {
             say(&format!("ERROR kind={} open: {e:?}", error_kind(&e)));
@@ -261,6 +271,7 @@ async fn run(args: Args) -> i32 {
     say(&format!("OPENED {}", log.end_offset().0));
     let mut rng = XorShift::new(args.seed);
     let mut flushes = 0u64;
+    let mut reused_said = 0;
     loop {
         if fsize_mode && flushes >= FSIZE_WARMUP_FLUSHES {
             return oversized(&log, args.fsize_limit.unwrap_or(0)).await;
@@ -291,6 +302,20 @@ async fn run(args: Args) -> i32 {
             Err(e) => return failed(&log, "flush", e).await,
         }
         flushes += 1;
+        if args.retain_bytes.is_some() {
+            let start = log.start_offset();
+            if let Err(e) = log.enforce_retention().await {
+                return failed(&log, "retention", e).await;
+            }
+            if log.start_offset() != start {
+                say(&format!("START {}", log.start_offset().0));
+            }
+            let reused = log.pool_stats().reused;
+            if reused != reused_said {
+                say(&format!("REUSED {reused}"));
+                reused_said = reused;
+            }
+        }
     }
 }
 

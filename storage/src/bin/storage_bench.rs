@@ -43,9 +43,10 @@ usage: ringlog-storage-bench --dir DIR [options]
                             broker's write workload, 4 producers x 5 requests of up to 1 MiB in flight)
   --clone-in-loop           throughput phase: copy each batch from a template inside the timed loop
                             (default: all batches are built before the clock starts, as fio's buffers are)
-  --prewritten              latency phase: write zeros over the region the phase will append to (and
-                            sync) before the clock starts, so appends overwrite written blocks, as they
-                            would in a recycled segment; measures what segment recycling would give
+  --recycled                latency phase in a recycled segment, a broker's steady state once retention
+                            deletes: before the clock starts the log fills a whole segment, retention
+                            retires it into the segment pool, and a roll reuses its file, so appends
+                            overwrite written blocks (default: a fresh segment, a new log's first life)
   --baseline                also run the latency phase on a bare glommio DmaFile (write_at + fdatasync,
                             no log): separates glommio's cost from the log's
   --yield-every N           throughput phase: yield to the executor every N appends (default 0: never)
@@ -72,8 +73,8 @@ struct Args {
     yield_every: u64,
     clone_in_loop: bool,
     baseline: bool,
-    /// Latency phase: the appended region is written (zeros) and synced before the clock starts.
-    prewritten: bool,
+    /// Latency phase in a segment recycled by the log (retention, then a roll reusing the file).
+    recycled: bool,
     /// segment.bytes of the throughput phase's log.
     segment_bytes: u64,
     /// segment.bytes of the latency phase's log.
@@ -122,7 +123,7 @@ fn parse_args() -> Result<Args, String> {
     let mut yield_every = 0;
     let mut clone_in_loop = false;
     let mut baseline = false;
-    let mut prewritten = false;
+    let mut recycled = false;
     let mut segment_bytes = None;
     let mut limits = StorageLimits::default();
     let mut io_memory = 4 << 20;
@@ -137,7 +138,7 @@ fn parse_args() -> Result<Args, String> {
             "--keep" => keep = true,
             "--clone-in-loop" => clone_in_loop = true,
             "--baseline" => baseline = true,
-            "--prewritten" => prewritten = true,
+            "--recycled" => recycled = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -201,7 +202,7 @@ fn parse_args() -> Result<Args, String> {
         yield_every,
         clone_in_loop,
         baseline,
-        prewritten,
+        recycled,
         segment_bytes,
         latency_segment_bytes,
         limits,
@@ -311,6 +312,11 @@ fn summary(h: &Histogram<u64>) -> Value {
 /// Phase 1: continuous appends with a flush spawned every `flush_bytes`.
 async fn throughput(args: &Args, dir: &Path) -> Result<Value, String> {
     let log = Rc::new(open_log(dir, args, args.segment_bytes).await?);
+    let recycled_bytes = if args.recycled {
+        Some(recycle_a_segment(&log).await?)
+    } else {
+        None
+    };
     let template = exact_batch(args.batch_bytes)?;
     let batch_len = template.len() as u64;
     let batches = args.total_bytes.div_ceil(batch_len);
@@ -395,6 +401,8 @@ async fn throughput(args: &Args, dir: &Path) -> Result<Value, String> {
         "bytes_per_sec": bps,
         "mib_per_sec": bps / (1 << 20) as f64,
         "segments": segments,
+        "segment": if args.recycled { "recycled" } else { "fresh" },
+        "recycled_file_bytes": recycled_bytes,
         "flushes": flush_count,
         "flush_rounds": stats.rounds(),
         "flush_rounds_written_through": stats.write_through_rounds,
@@ -410,11 +418,15 @@ async fn throughput(args: &Args, dir: &Path) -> Result<Value, String> {
 async fn latency(args: &Args, dir: &Path) -> Result<Value, String> {
     let log = open_log(dir, args, args.latency_segment_bytes).await?;
     let template = exact_batch(args.batch_bytes)?;
-    if args.prewritten {
-        let ops = args.warmup_ops + args.latency_ops;
-        let bytes = (ops * template.len() as u64 + (1 << 20)).next_multiple_of(1 << 20);
-        prewrite(&dir.join(format!("{:020}.log", 0)), bytes).await?;
+    let ops = args.warmup_ops + args.latency_ops;
+    if ops * template.len() as u64 > args.latency_segment_bytes {
+        return Err("the latency phase does not fit in one segment".into());
     }
+    let recycled_bytes = if args.recycled {
+        Some(recycle_a_segment(&log).await?)
+    } else {
+        None
+    };
     let mut total = histogram();
     let mut append = histogram();
     let mut flush = histogram();
@@ -435,11 +447,15 @@ async fn latency(args: &Args, dir: &Path) -> Result<Value, String> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let pool = log.pool_stats();
     log.close().await.map_err(|e| format!("closing log: {e}"))?;
     Ok(json!({
         "ops": args.latency_ops,
         "warmup_ops": args.warmup_ops,
         "batch_bytes": template.len(),
+        "segment": if args.recycled { "recycled" } else { "fresh" },
+        "recycled_file_bytes": recycled_bytes,
+        "pool": {"pooled": pool.pooled, "reused": pool.reused},
         "seconds": secs,
         "append_flush_us": summary(&total),
         "append_us": summary(&append),
@@ -447,29 +463,53 @@ async fn latency(args: &Args, dir: &Path) -> Result<Value, String> {
     }))
 }
 
-/// Writes zeros over the first `bytes` of the (empty, preallocated) active segment at `path`
-/// through a second descriptor and syncs them, so its extents are written, not unwritten: the
-/// state of a segment file that was recycled instead of created.
-async fn prewrite(path: &Path, bytes: u64) -> Result<(), String> {
-    use glommio::io::OpenOptions;
-    let err = |what: &str, e: glommio::GlommioError<()>| format!("{what} {}: {e}", path.display());
-    let file = OpenOptions::new()
-        .write(true)
-        .dma_open(path)
-        .await
-        .map_err(|e| err("opening to prewrite", e))?;
-    const CHUNK: u64 = 1 << 20;
-    let mut pos = 0;
-    while pos < bytes {
-        let mut buf = file.alloc_dma_buffer(CHUNK as usize);
-        buf.as_bytes_mut().fill(0);
-        file.write_at(buf, pos)
+/// Brings the log to a broker's steady state: it fills its first segment to the roll, flushes,
+/// lets retention retire that segment into the pool (`retention.bytes` 0 for one pass), and
+/// rolls, so the active segment is the first one's file with every block written. Returns the
+/// reused file's size. The clock has not started; the disk gets two seconds to settle after.
+async fn recycle_a_segment(log: &Log) -> Result<u64, String> {
+    let fill = exact_batch(1 << 20)?;
+    let mut appended = 0u64;
+    while log.segment_count() < 2 {
+        log.append(fill.clone(), Term(0))
             .await
-            .map_err(|e| err("prewriting", e))?;
-        pos += CHUNK;
+            .map_err(|e| format!("filling the first segment: {e}"))?;
+        appended += 1;
+        if appended % 64 == 0 {
+            log.flush().await.map_err(|e| format!("flush: {e}"))?;
+        }
     }
-    file.fdatasync().await.map_err(|e| err("syncing", e))?;
-    file.close().await.map_err(|e| err("closing", e))
+    log.flush().await.map_err(|e| format!("flush: {e}"))?;
+    let cfg = log.config();
+    log.set_config(LogConfig {
+        retention_bytes: 0,
+        ..cfg.clone()
+    });
+    let retired = log
+        .enforce_retention()
+        .await
+        .map_err(|e| format!("retention: {e}"))?;
+    log.set_config(cfg);
+    if retired != 1 || log.pool_stats().pooled != 1 {
+        return Err(format!(
+            "retention retired {retired} segments, pool {:?}",
+            log.pool_stats()
+        ));
+    }
+    let base = log.end_offset();
+    log.roll().await.map_err(|e| format!("roll: {e}"))?;
+    if log.pool_stats().reused != 1 {
+        return Err(format!(
+            "the roll did not reuse the pooled segment: {:?}",
+            log.pool_stats()
+        ));
+    }
+    let path = log.dir().join(format!("{:020}.log", base.0));
+    let size = std::fs::metadata(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    glommio::timer::sleep(Duration::from_secs(2)).await;
+    Ok(size)
 }
 
 /// The latency phase without the log: the same O_DIRECT write and fdatasync, straight through
@@ -541,7 +581,7 @@ async fn run(args: Args) -> Result<Value, String> {
             "io_memory_bytes": args.io_memory,
             "spin_before_park_us": args.spin_before_park_us,
             "pin_cpu": args.pin_cpu,
-            "prewritten": args.prewritten,
+            "recycled": args.recycled,
         },
         "limits": {
             "write_buffer_bytes": args.limits.write_buffer_bytes,

@@ -45,6 +45,7 @@ pub fn small_limits() -> StorageLimits {
         cache_bytes_max: 64 * 1024,
         compaction_map_bytes_max: 1 << 20,
         preallocate_step_bytes: 16 * 1024,
+        recycled_segments_per_log_max: 1,
     }
 }
 
