@@ -24,11 +24,18 @@
 #     `sync` section.
 #  3. ringlog-storage-bench (release build): append throughput with 1 MiB flush groups (20 of
 #     them outstanding, as the broker's write workload has produce requests in flight), then
-#     append+flush latency of 16 KiB batches.
+#     append+flush latency of 16 KiB batches in a fresh segment (a new log's first life).
+#  4. The steady state, once retention deletes segments and rolls reuse them (recycle.rs):
+#     fio writes a 1 GiB file in full (so its blocks are written, as a recycled segment's are),
+#     then runs the sequential write and the fdatasync jobs again on that file; each is paired
+#     with the log's phase run with --recycled (before the clock starts, the log fills a
+#     segment, retention pools it and a roll reuses its file).
+# Targets: append bandwidth >= 90% of fio's; log p99 append+flush <= 1.5 x fio's p99 fdatasync.
+# Each is judged in both states against fio on the same kind of file: a fresh log against a
+# fresh file (a new log's first segments), a recycled segment against the written file.
 # The ratios are computed per round (fio and log measured minutes apart at most); the headline
 # figure of each is the median over rounds. Writes perf/results/storage-<UTC time>-<git rev>.json
 # and .md; raw fio and bench outputs go to perf/tmp/<same name>/.
-# Targets: append bandwidth >= 90% of fio's; log p99 append+flush <= 1.5 x fio's p99 fdatasync.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -81,14 +88,14 @@ fi
 command -v fio >/dev/null || die "fio is not installed"
 
 # --- scratch directory -------------------------------------------------------------------------
-mkdir -p "$DIR/fio" "$DIR/log"
+mkdir -p "$DIR/fio" "$DIR/log" "$DIR/fio-written"
 FSTYPE=$(findmnt -no FSTYPE --target "$DIR" 2>/dev/null || stat -f -c %T "$DIR")
 case "$FSTYPE" in
     tmpfs|ramfs) die "$DIR is on $FSTYPE: O_DIRECT and fdatasync would measure memory" ;;
 esac
 [[ $(stat -c %d "$DIR/fio") == $(stat -c %d "$DIR/log") ]] || die "fio and log dirs on different filesystems"
 AVAIL=$(df -P -B1 "$DIR" | awk 'NR == 2 { print $4 }')
-NEED=$((TOTAL_BYTES * 2 + (2 << 30)))
+NEED=$((TOTAL_BYTES * 3 + (4 << 30)))
 [[ $AVAIL -ge $NEED ]] || die "$DIR has $AVAIL bytes free, need $NEED"
 rm -f "$DIR"/fio/*
 
@@ -114,13 +121,18 @@ done
 [[ -n $ENGINE ]] || die "no fio engine can do O_DIRECT writes in $DIR"
 log "fio $(fio --version), engine $ENGINE, $FSTYPE at $DIR, total $TOTAL_BYTES bytes, $LAT_OPS latency ops"
 
-# fio_run NAME ARGS...: one job, JSON to $RAW/fio-NAME.json, bounded by fio's runtime and timeout.
+# fio_run NAME [--file=PATH] ARGS...: one job, JSON to $RAW/fio-NAME.json, bounded by fio's runtime and timeout.
+# A first argument --file=PATH runs the job on PATH instead of a fresh file under $DIR/fio.
 fio_run() {
-    local name=$1
+    local name=$1 file="$DIR/fio/$1.dat"
     shift
+    if [[ ${1:-} == --file=* ]]; then
+        file=${1#--file=}
+        shift
+    fi
     settle
     log "fio $name"
-    timeout $((STEP_TIMEOUT + 60)) fio --name="$name" --filename="$DIR/fio/$name.dat" \
+    timeout $((STEP_TIMEOUT + 60)) fio --name="$name" --filename="$file" \
         --direct=1 --ioengine="$ENGINE" --fallocate=native --runtime="$STEP_TIMEOUT" \
         --output-format=json --output="$RAW/fio-$name.json" "$@" \
         || die "fio $name failed (see $RAW/fio-$name.json)"
@@ -155,6 +167,19 @@ for ((r = 1; r <= ROUNDS; r++)); do
     fio_run "fdatasync-r$r" --rw=write --bs=16k --iodepth=1 --fdatasync=1 --size=1G \
         --io_size=$((LAT_OPS * 16384))
     bench "log-latency-r$r" --total-bytes 0 --latency-ops "$LAT_OPS"
+    # The steady state: fio on a file it wrote in full first (kept out of settle's way), the
+    # log in a recycled segment.
+    W="$DIR/fio-written/written.dat"
+    rm -f "$W"
+    fio_run "layout-r$r" --file="$W" --rw=write --bs=1M --iodepth=2 \
+        --size=$((TOTAL_BYTES > (1 << 30) ? TOTAL_BYTES : (1 << 30))) --end_fsync=1
+    fio_run "seqwrite-written-r$r" --file="$W" --rw=write --bs=1M --iodepth=2 \
+        --size="$TOTAL_BYTES" --end_fsync=1
+    bench "log-throughput-recycled-r$r" --total-bytes "$TOTAL_BYTES" --latency-ops 0 --recycled
+    fio_run "fdatasync-written-r$r" --file="$W" --rw=write --bs=16k --iodepth=1 \
+        --fdatasync=1 --size=1G --io_size=$((LAT_OPS * 16384))
+    bench "log-latency-recycled-r$r" --total-bytes 0 --latency-ops "$LAT_OPS" --recycled
+    rm -f "$W"
     if [[ $EXTRA == 1 ]]; then
         fio_run "dsync16k-r$r" --rw=write --bs=16k --iodepth=1 --sync=dsync --size=1G \
             --io_size=$((LAT_OPS * 16384))
@@ -197,29 +222,55 @@ def bw(job):
     return {"bytes_per_sec": w["bw_bytes"], "mib_per_sec": w["bw_bytes"] / 2**20,
             "runtime_ms": w["runtime"], "bytes": w["io_bytes"]}
 
-def one_round(r):
-    seq = fio(f"seqwrite-r{r}")
-    sync_job = fio(f"fdatasync-r{r}")
-    sync = sync_job["sync"]["lat_ns"]
-    out = {
-        "seqwrite": {"bs": "1M", "iodepth": 2, "fallocate": "native", "end_fsync": True, **bw(seq)},
-        "fdatasync": {
-            "bs": "16k", "iodepth": 1, "ops": sync["N"],
-            "sync_us": {"min": sync["min"] / 1000, "mean": sync["mean"] / 1000,
-                        "p50": pct(sync, "50.000000"), "p90": pct(sync, "90.000000"),
-                        "p99": pct(sync, "99.000000"), "p99_9": pct(sync, "99.900000"),
-                        "max": sync["max"] / 1000},
-            "write_clat_us": {"p50": pct(sync_job["write"]["clat_ns"], "50.000000"),
-                              "p99": pct(sync_job["write"]["clat_ns"], "99.000000")},
-        },
-        "extra": {},
+def sync_of(job):
+    sync = job["sync"]["lat_ns"]
+    return {
+        "bs": "16k", "iodepth": 1, "ops": sync["N"],
+        "sync_us": {"min": sync["min"] / 1000, "mean": sync["mean"] / 1000,
+                    "p50": pct(sync, "50.000000"), "p90": pct(sync, "90.000000"),
+                    "p99": pct(sync, "99.000000"), "p99_9": pct(sync, "99.900000"),
+                    "max": sync["max"] / 1000},
+        "write_clat_us": {"p50": pct(job["write"]["clat_ns"], "50.000000"),
+                          "p99": pct(job["write"]["clat_ns"], "99.000000")},
     }
+
+def bench(name, phase):
+    with open(f"{raw}/{name}.json") as f:
+        return json.load(f)
+
+# Two states: "fresh" (a new log's first segments against a fresh preallocated file) and
+# "recycled" (a reused segment against a file fio wrote in full first).
+STATES = {"fresh": ("seqwrite", "fdatasync", "log-throughput", "log-latency"),
+          "recycled": ("seqwrite-written", "fdatasync-written", "log-throughput-recycled",
+                       "log-latency-recycled")}
+
+def one_round(r):
+    out = {"round": r, "extra": {}}
+    limits = None
+    for state, (seq_n, sync_n, tp_n, lat_n) in STATES.items():
+        tp_run = bench(f"{tp_n}-r{r}", "throughput")
+        limits = tp_run["limits"]
+        tp = tp_run["throughput"]
+        lat = bench(f"{lat_n}-r{r}", "latency")["latency"]
+        seq, sync = bw(fio(f"{seq_n}-r{r}")), sync_of(fio(f"{sync_n}-r{r}"))
+        out[state] = {
+            "fio_seqwrite": {"bs": "1M", "iodepth": 2, "end_fsync": True, **seq},
+            "fio_fdatasync": sync,
+            "log_throughput": tp,
+            "log_latency": lat,
+            "ratios": {
+                "append_bw_over_fio_bw": tp["bytes_per_sec"] / seq["bytes_per_sec"],
+                "log_p99_over_fio_fdatasync_p99": lat["append_flush_us"]["p99"] / sync["sync_us"]["p99"],
+            },
+        }
     dsync = fio(f"dsync16k-r{r}")
     if dsync is not None:
         c = dsync["write"]["clat_ns"]
-        out["dsync16k"] = {"bs": "16k", "iodepth": 1, "sync": "dsync",
+        out["dsync16k"] = {"bs": "16k", "iodepth": 1, "sync": "dsync", "file": "fresh",
                            "write_us": {"p50": pct(c, "50.000000"), "p99": pct(c, "99.000000"),
                                         "p99_9": pct(c, "99.900000")}}
+        out["fresh"]["ratios"]["log_p99_over_fio_dsync_write_p99"] = (
+            out["fresh"]["log_latency"]["append_flush_us"]["p99"] / out["dsync16k"]["write_us"]["p99"])
     for name, desc in [("seqwrite-256k-qd8", "bs=256k iodepth=8 (the log's write shape)"),
                        ("seqwrite-1m-fdatasync", "bs=1M iodepth=1, fdatasync after every write")]:
         job = fio(f"{name}-r{r}")
@@ -228,43 +279,37 @@ def one_round(r):
             if job.get("sync", {}).get("lat_ns", {}).get("N"):
                 e["sync_p99_us"] = pct(job["sync"]["lat_ns"], "99.000000")
             out["extra"][name] = e
-    with open(f"{raw}/log-throughput-r{r}.json") as f:
-        bench = json.load(f)
-    with open(f"{raw}/log-latency-r{r}.json") as f:
-        bench["latency"] = json.load(f)["latency"]
-    tp, lat = bench["throughput"], bench["latency"]
-    return {
-        "round": r,
-        "fio": out,
-        "log": bench,
-        "ratios": {
-            "append_bw_over_fio_bw": tp["bytes_per_sec"] / out["seqwrite"]["bytes_per_sec"],
-            "log_p99_over_fio_fdatasync_p99": lat["append_flush_us"]["p99"] / out["fdatasync"]["sync_us"]["p99"],
-            "log_p99_over_fio_dsync_write_p99": (lat["append_flush_us"]["p99"] / out["dsync16k"]["write_us"]["p99"]
-                                                 if "dsync16k" in out else None),
-        },
-    }
+    out["limits"] = limits
+    return out
 
 rs = [one_round(r) for r in range(1, rounds + 1)]
-med = lambda xs: statistics.median(xs)
+med = statistics.median
 col = lambda f: [f(x) for x in rs]
-summary = {
-    "fio_bw_mib_per_sec": med(col(lambda x: x["fio"]["seqwrite"]["mib_per_sec"])),
-    "fio_fdatasync_p50_us": med(col(lambda x: x["fio"]["fdatasync"]["sync_us"]["p50"])),
-    "fio_fdatasync_p99_us": med(col(lambda x: x["fio"]["fdatasync"]["sync_us"]["p99"])),
-    "log_append_bw_mib_per_sec": med(col(lambda x: x["log"]["throughput"]["mib_per_sec"])),
-    "log_p50_us": med(col(lambda x: x["log"]["latency"]["append_flush_us"]["p50"])),
-    "log_p99_us": med(col(lambda x: x["log"]["latency"]["append_flush_us"]["p99"])),
-    "log_p99_9_us": med(col(lambda x: x["log"]["latency"]["append_flush_us"]["p99_9"])),
-    "append_bw_over_fio_bw": med(col(lambda x: x["ratios"]["append_bw_over_fio_bw"])),
-    "log_p99_over_fio_fdatasync_p99": med(col(lambda x: x["ratios"]["log_p99_over_fio_fdatasync_p99"])),
-}
-if all(x["ratios"]["log_p99_over_fio_dsync_write_p99"] is not None for x in rs):
-    summary["fio_dsync_write_p99_us"] = med(col(lambda x: x["fio"]["dsync16k"]["write_us"]["p99"]))
-    summary["log_p99_over_fio_dsync_write_p99"] = med(col(lambda x: x["ratios"]["log_p99_over_fio_dsync_write_p99"]))
-limits = rs[0]["log"]["limits"]
+summary = {}
+for st in STATES:
+    summary[st] = {
+        "fio_bw_mib_per_sec": med(col(lambda x: x[st]["fio_seqwrite"]["mib_per_sec"])),
+        "log_append_bw_mib_per_sec": med(col(lambda x: x[st]["log_throughput"]["mib_per_sec"])),
+        "fio_fdatasync_p50_us": med(col(lambda x: x[st]["fio_fdatasync"]["sync_us"]["p50"])),
+        "fio_fdatasync_p99_us": med(col(lambda x: x[st]["fio_fdatasync"]["sync_us"]["p99"])),
+        "log_p50_us": med(col(lambda x: x[st]["log_latency"]["append_flush_us"]["p50"])),
+        "log_p99_us": med(col(lambda x: x[st]["log_latency"]["append_flush_us"]["p99"])),
+        "log_p99_9_us": med(col(lambda x: x[st]["log_latency"]["append_flush_us"]["p99_9"])),
+        "append_bw_over_fio_bw": med(col(lambda x: x[st]["ratios"]["append_bw_over_fio_bw"])),
+        "log_p99_over_fio_fdatasync_p99": med(col(lambda x: x[st]["ratios"]["log_p99_over_fio_fdatasync_p99"])),
+    }
+if all("dsync16k" in x for x in rs):
+    summary["fresh"]["fio_dsync_write_p99_us"] = med(col(lambda x: x["dsync16k"]["write_us"]["p99"]))
+    summary["fresh"]["log_p99_over_fio_dsync_write_p99"] = med(
+        col(lambda x: x["fresh"]["ratios"]["log_p99_over_fio_dsync_write_p99"]))
+limits = rs[0]["limits"]
+targets = {"append_bw_over_fio_bw_min": BW_MIN, "log_p99_over_fio_fdatasync_p99_max": P99_MAX}
+for st in STATES:
+    targets[f"{st}_append_bw_met"] = summary[st]["append_bw_over_fio_bw"] >= BW_MIN
+    targets[f"{st}_p99_met"] = summary[st]["log_p99_over_fio_fdatasync_p99"] <= P99_MAX
 result = {
     "name": env["NAME"],
+    "format": 2,
     "date": env["STAMP"],
     "git_rev": env["REV"],
     "machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
@@ -280,16 +325,7 @@ result = {
     "bench_args": env["BENCH_ARGS_STR"],
     "log_limits": limits,
     "summary": summary,
-    "ratios": {
-        "append_bw_over_fio_bw": summary["append_bw_over_fio_bw"],
-        "log_p99_over_fio_fdatasync_p99": summary["log_p99_over_fio_fdatasync_p99"],
-    },
-    "targets": {
-        "append_bw_over_fio_bw_min": BW_MIN,
-        "log_p99_over_fio_fdatasync_p99_max": P99_MAX,
-        "append_bw_met": summary["append_bw_over_fio_bw"] >= BW_MIN,
-        "p99_met": summary["log_p99_over_fio_fdatasync_p99"] <= P99_MAX,
-    },
+    "targets": targets,
     "per_round": rs,
     "raw": raw,
 }
@@ -297,7 +333,6 @@ with open(f"{env['RESULTS']}/{env['NAME']}.json", "w") as f:
     json.dump(result, f, indent=2)
     f.write("\n")
 
-S = summary
 ok = lambda b: "met" if b else "**missed**"
 m = result["machine"]
 md = [
@@ -306,42 +341,58 @@ md = [
     f"{m['cpus']} CPUs ({m['cpu']}), kernel {m['kernel']}, {env['FSTYPE']} on {env['DEVICE']} "
     f"({env['MOUNT_OPTS']}), dir `{env['DIR']}`. {env['FIO_VERSION']}, engine {env['ENGINE']}. "
     f"{int(env['TOTAL_BYTES']) >> 20} MiB per throughput run, {env['LAT_OPS']} latency ops, "
-    f"{rounds} rounds (fio then the log in each); headline = median over rounds. "
+    f"{rounds} rounds (fio then the log in each step); headline = median of the per-round figures. "
     f"Log limits: write_buffer_bytes={limits['write_buffer_bytes']}, "
     f"write_buffers_in_flight_max={limits['write_buffers_in_flight_max']}"
     + (" (defaults)" if limits["default"] else " (**not the defaults**)")
     + (f"; bench args `{env['BENCH_ARGS_STR']}`" if env["BENCH_ARGS_STR"] else "") + ".",
     "",
-    "| | median | target | |",
+    "Two states, each against fio on the same kind of file. **Fresh**: a new log's first "
+    "segments (preallocated, blocks unwritten) against a fresh preallocated file. **Recycled**: "
+    "the steady state once retention deletes, a segment reused from the pool (blocks written) "
+    "against a file fio wrote in full first.",
+    "",
+    "| | fresh | recycled | target |",
     "|---|---|---|---|",
-    f"| fio seq write, 1 MiB O_DIRECT, iodepth 2 | {S['fio_bw_mib_per_sec']:.0f} MiB/s | | |",
-    f"| log append, 16 KiB batches, flush every 1 MiB | {S['log_append_bw_mib_per_sec']:.0f} MiB/s | | |",
-    f"| ratio log / fio bandwidth (median of per-round ratios) | {S['append_bw_over_fio_bw']:.2f} | >= {BW_MIN} | {ok(result['targets']['append_bw_met'])} |",
-    f"| fio fdatasync after a 16 KiB write, p50 / p99 | {S['fio_fdatasync_p50_us']:.0f} / {S['fio_fdatasync_p99_us']:.0f} us | | |",
-    f"| log append+flush 16 KiB, p50 / p99 / p99.9 | {S['log_p50_us']:.0f} / {S['log_p99_us']:.0f} / {S['log_p99_9_us']:.0f} us | | |",
-    f"| ratio log p99 / fio fdatasync p99 (median of per-round ratios) | {S['log_p99_over_fio_fdatasync_p99']:.2f} | <= {P99_MAX} | {ok(result['targets']['p99_met'])} |",
 ]
-if "log_p99_over_fio_dsync_write_p99" in S:
-    md.append(f"| fio O_DSYNC 16 KiB write (the log's flush operation), p99 | {S['fio_dsync_write_p99_us']:.0f} us | | |")
-    md.append(f"| ratio log p99 / fio O_DSYNC write p99 (median of per-round ratios) | {S['log_p99_over_fio_dsync_write_p99']:.2f} | | not a target |")
+F, R = summary["fresh"], summary["recycled"]
+row = lambda label, f, unit="": md.append(f"| {label} | {f(F)}{unit} | {f(R)}{unit} | |")
+row("fio seq write, 1 MiB O_DIRECT, iodepth 2", lambda s: f"{s['fio_bw_mib_per_sec']:.0f}", " MiB/s")
+row("log append, 16 KiB batches, flush every 1 MiB", lambda s: f"{s['log_append_bw_mib_per_sec']:.0f}", " MiB/s")
+md.append(f"| **ratio log / fio bandwidth** | {F['append_bw_over_fio_bw']:.2f} {ok(targets['fresh_append_bw_met'])} "
+          f"| {R['append_bw_over_fio_bw']:.2f} {ok(targets['recycled_append_bw_met'])} | >= {BW_MIN} |")
+row("fio fdatasync after a 16 KiB write, p50 / p99", lambda s: f"{s['fio_fdatasync_p50_us']:.0f} / {s['fio_fdatasync_p99_us']:.0f}", " us")
+row("log append+flush 16 KiB, p50 / p99 / p99.9", lambda s: f"{s['log_p50_us']:.0f} / {s['log_p99_us']:.0f} / {s['log_p99_9_us']:.0f}", " us")
+md.append(f"| **ratio log p99 / fio fdatasync p99** | {F['log_p99_over_fio_fdatasync_p99']:.2f} {ok(targets['fresh_p99_met'])} "
+          f"| {R['log_p99_over_fio_fdatasync_p99']:.2f} {ok(targets['recycled_p99_met'])} | <= {P99_MAX} |")
+if "log_p99_over_fio_dsync_write_p99" in F:
+    md.append(f"| fio O_DSYNC 16 KiB write (the log's flush operation), p99 | {F['fio_dsync_write_p99_us']:.0f} us | | |")
+    md.append(f"| ratio log p99 / fio O_DSYNC write p99 | {F['log_p99_over_fio_dsync_write_p99']:.2f} | | not a target |")
 md += [
     "",
-    "Per round:",
+    "Per round (fio / log; bandwidth in MiB/s, latency in us):",
     "",
-    "| round | fio MiB/s | log MiB/s | bw ratio | fio sync p50/p99 us | fio write p50/p99 us | log p50/p99/p99.9 us | p99 ratio | fio O_DSYNC write p50/p99 us | fio 256k qd8 MiB/s | fio 1M+fdatasync MiB/s | log flushes p50/p99 us |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| round | state | seq write fio / log | bw ratio | fio sync p50/p99 | fio write p50/p99 | log p50/p99/p99.9 | p99 ratio | log flushes p50/p99 (throughput run) |",
+    "|---|---|---|---|---|---|---|---|---|",
 ]
 for x in rs:
-    f, l = x["fio"], x["log"]
-    s, w, a, tp = f["fdatasync"]["sync_us"], f["fdatasync"]["write_clat_us"], l["latency"]["append_flush_us"], l["throughput"]
-    ex = lambda k: f"{f['extra'][k]['mib_per_sec']:.0f}" if k in f["extra"] else "-"
-    ds = f"{f['dsync16k']['write_us']['p50']:.0f}/{f['dsync16k']['write_us']['p99']:.0f}" if "dsync16k" in f else "-"
-    md.append(
-        f"| {x['round']} | {f['seqwrite']['mib_per_sec']:.0f} | {tp['mib_per_sec']:.0f} | "
-        f"{x['ratios']['append_bw_over_fio_bw']:.2f} | {s['p50']:.0f}/{s['p99']:.0f} | {w['p50']:.0f}/{w['p99']:.0f} | "
-        f"{a['p50']}/{a['p99']}/{a['p99_9']} | {x['ratios']['log_p99_over_fio_fdatasync_p99']:.2f} | "
-        f"{ds} | {ex('seqwrite-256k-qd8')} | {ex('seqwrite-1m-fdatasync')} | "
-        f"{tp['flush_latency_us']['p50']}/{tp['flush_latency_us']['p99']} |")
+    for st in STATES:
+        y = x[st]
+        s, w = y["fio_fdatasync"]["sync_us"], y["fio_fdatasync"]["write_clat_us"]
+        a, tp = y["log_latency"]["append_flush_us"], y["log_throughput"]
+        md.append(
+            f"| {x['round']} | {st} | {y['fio_seqwrite']['mib_per_sec']:.0f} / {tp['mib_per_sec']:.0f} | "
+            f"{y['ratios']['append_bw_over_fio_bw']:.2f} | {s['p50']:.0f}/{s['p99']:.0f} | {w['p50']:.0f}/{w['p99']:.0f} | "
+            f"{a['p50']}/{a['p99']}/{a['p99_9']} | {y['ratios']['log_p99_over_fio_fdatasync_p99']:.2f} | "
+            f"{tp['flush_latency_us']['p50']}/{tp['flush_latency_us']['p99']} |")
+if any(x["extra"] or "dsync16k" in x for x in rs):
+    md += ["", "Extra fio jobs (fresh files, not targets):", "",
+           "| round | O_DSYNC 16 KiB write p50/p99 us | 256k qd8 MiB/s | 1M + fdatasync MiB/s |",
+           "|---|---|---|---|"]
+    for x in rs:
+        ex = lambda k: f"{x['extra'][k]['mib_per_sec']:.0f}" if k in x["extra"] else "-"
+        ds = f"{x['dsync16k']['write_us']['p50']:.0f}/{x['dsync16k']['write_us']['p99']:.0f}" if "dsync16k" in x else "-"
+        md.append(f"| {x['round']} | {ds} | {ex('seqwrite-256k-qd8')} | {ex('seqwrite-1m-fdatasync')} |")
 md += [
     "",
     "The log's latency includes its 16 KiB write; fio's sync figure does not (fio write column).",
