@@ -181,16 +181,21 @@ def raw_leaders(b, topic: str) -> dict[int, int]:
 
 def log_batches(partition_dir: Path) -> list[bytes]:
     """Every record batch of a partition's segments, in order, as stored (parsed from the
-    `.log` files: baseOffset int64, batchLength int32, the rest; zeros end a segment)."""
+    `.log` files: baseOffset int64, batchLength int32, ..., lastOffsetDelta int32 at 23).
+    Zeros end a segment, and so does a batch whose offsets go back: the rest of a recycled
+    segment's previous life (storage/src/recycle.rs)."""
     out = []
     for seg in sorted(partition_dir.glob("*.log")):
         data = seg.read_bytes()
         at = 0
-        while at + 12 <= len(data):
-            (length,) = struct.unpack_from(">i", data, at + 8)
-            if length <= 0 or at + 12 + length > len(data):
+        expect = int(seg.stem)
+        while at + 27 <= len(data):
+            base, length = struct.unpack_from(">qi", data, at)
+            if length <= 0 or at + 12 + length > len(data) or base < expect:
                 break
+            (last_delta,) = struct.unpack_from(">i", data, at + 23)
             out.append(data[at : at + 12 + length])
+            expect = base + last_delta + 1
             at += 12 + length
     return out
 
