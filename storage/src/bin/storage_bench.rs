@@ -54,6 +54,7 @@ usage: ringlog-storage-bench --dir DIR [options]
                             the throughput phase 1G or larger to hold --total-bytes; --quick 8M)
   --write-buffer-bytes N    StorageLimits::write_buffer_bytes (default: the library default)
   --inflight N              StorageLimits::write_buffers_in_flight_max (default: the library default)
+  --preallocate-step-bytes N  StorageLimits::preallocate_step_bytes (default: the library default)
   --io-memory N             glommio io_memory (default 4M; the locked-memory limit is 8 MiB)
   --spin-before-park-us N   glommio executor: spin N us before sleeping (default 0: glommio's default)
   --pin CPU                 pin the executor to CPU (default: unbound, like fio)
@@ -155,6 +156,9 @@ fn parse_args() -> Result<Args, String> {
             "--segment-bytes" => segment_bytes = Some(parse_size(&flag, &value()?)?),
             "--write-buffer-bytes" => {
                 limits.write_buffer_bytes = parse_size(&flag, &value()?)? as usize
+            }
+            "--preallocate-step-bytes" => {
+                limits.preallocate_step_bytes = parse_size(&flag, &value()?)?
             }
             "--inflight" => {
                 limits.write_buffers_in_flight_max = parse_size(&flag, &value()?)? as usize
