@@ -1,25 +1,17 @@
 //! Keeps `ringlog-storage-bench` from rotting: a tiny `--quick` run must succeed and write JSON
 //! with the fields `perf/storage-bench.sh` reads. No timing is asserted.
 
+use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn quick_bench_run_writes_json() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let json_path = dir.path().join("bench.json");
+/// Runs the bench with `args` (plus `--dir <dir>/data --json <dir>/bench.json`), checks that
+/// it succeeded, and returns its JSON.
+fn run_bench(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let json_path = dir.join("bench.json");
     let out = Command::new(env!("CARGO_BIN_EXE_ringlog-storage-bench"))
-        .arg("--quick")
-        .args(["--dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--total-bytes",
-            "2M",
-            "--latency-ops",
-            "20",
-            "--warmup-ops",
-            "2",
-        ])
-        .args(["--io-memory", "2M", "--baseline"])
+        .args(args)
+        .arg("--dir")
+        .arg(dir.join("data"))
         .arg("--json")
         .arg(&json_path)
         .output()
@@ -32,7 +24,27 @@ fn quick_bench_run_writes_json() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(&json_path).expect("JSON written");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+#[test]
+fn quick_bench_run_writes_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = run_bench(
+        dir.path(),
+        &[
+            "--quick",
+            "--total-bytes",
+            "2M",
+            "--latency-ops",
+            "20",
+            "--warmup-ops",
+            "2",
+            "--io-memory",
+            "2M",
+            "--baseline",
+        ],
+    );
 
     let tp = &v["throughput"];
     assert_eq!(tp["bytes"].as_u64(), Some(2 << 20), "{tp}");
@@ -89,32 +101,21 @@ fn quick_bench_run_writes_json() {
 #[test]
 fn quick_recycled_latency_run_appends_into_a_reused_segment() {
     let dir = tempfile::tempdir_in("/tmp").expect("tempdir");
-    let json_path = dir.path().join("bench.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_ringlog-storage-bench"))
-        .args(["--quick", "--recycled", "--total-bytes", "0"])
-        .args([
+    let v = run_bench(
+        dir.path(),
+        &[
+            "--quick",
+            "--recycled",
+            "--total-bytes",
+            "0",
             "--latency-ops",
             "20",
             "--warmup-ops",
             "2",
             "--io-memory",
             "2M",
-        ])
-        .arg("--dir")
-        .arg(dir.path().join("data"))
-        .arg("--json")
-        .arg(&json_path)
-        .output()
-        .expect("run ringlog-storage-bench");
-    assert!(
-        out.status.success(),
-        "bench failed: {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let text = std::fs::read_to_string(&json_path).expect("JSON written");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     let lat = &v["latency"];
     assert_eq!(lat["segment"].as_str(), Some("recycled"), "{lat}");
     assert_eq!(lat["pool"]["reused"].as_u64(), Some(1), "{lat}");

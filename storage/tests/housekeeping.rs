@@ -9,32 +9,9 @@ use std::rc::Rc;
 use bytes::Bytes;
 use common::*;
 use ringlog_storage::batch::build::{encode_batch, NewRecord};
-use ringlog_storage::{
-    batch, Batch, BatchHeader, CleanupPolicy, Log, ManualClock, Offset, StorageError, Term,
-};
+use ringlog_storage::{batch, Batch, CleanupPolicy, ManualClock, Offset, StorageError, Term};
 
 const T0_MS: i64 = 1_700_000_000_000;
-
-async fn read_all(log: &Log) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    let mut at = log.start_offset();
-    while at < log.end_offset() {
-        let got = log
-            .read(at, 64 * 1024, log.end_offset())
-            .await
-            .expect("read");
-        if got.is_empty() {
-            // Compaction may remove the last records of the newest sealed segment: the log end
-            // stays, and a read there finds nothing (as in Kafka).
-            break;
-        }
-        for b in got {
-            at = BatchHeader::read(&b).last_offset().plus(1);
-            out.push(b);
-        }
-    }
-    out
-}
 
 fn keyed(key: &str, value: Option<&str>, ts_ms: i64) -> bytes::BytesMut {
     let rec = NewRecord {

@@ -13,24 +13,17 @@ use ringlog_storage::{BatchHeader, Log, ManualClock, Offset, PoolStats, Term};
 const T0_MS: i64 = 1_700_000_000_000;
 const SEGMENT_BYTES: u64 = 16 * 1024;
 
-async fn read_all(log: &Log) -> Vec<Bytes> {
-    let mut out = Vec::new();
+/// [`read_all`], checking that the batches are dense and reach the log end.
+async fn read_dense(log: &Log) -> Vec<Bytes> {
+    let all = read_all(log).await;
     let mut at = log.start_offset();
-    while at < log.end_offset() {
-        let got = log
-            .read(at, 64 * 1024, log.end_offset())
-            .await
-            .expect("read");
-        assert!(!got.is_empty(), "read at {at} below the end found nothing");
-        for b in got {
-            let h = BatchHeader::read(&b);
-            assert_eq!(h.base_offset, at, "batches are dense");
-            at = h.last_offset().plus(1);
-            out.push(b);
-        }
+    for b in &all {
+        let h = BatchHeader::read(b);
+        assert_eq!(h.base_offset, at, "batches are dense");
+        at = h.last_offset().plus(1);
     }
-    assert_eq!(at, log.end_offset());
-    out
+    assert_eq!(at, log.end_offset(), "the batches reach the log end");
+    all
 }
 
 /// Names in the directory ending with `suffix`.
@@ -104,7 +97,7 @@ fn retention_pools_a_segment_and_the_next_roll_reuses_it() {
             pooled_bytes > SEGMENT_BYTES / 2,
             "a full segment was pooled"
         );
-        let kept = read_all(&log).await;
+        let kept = read_dense(&log).await;
 
         // The roll takes the pooled file: it is the new active segment, full of old batches.
         let new_base = log.end_offset();
@@ -131,25 +124,25 @@ fn retention_pools_a_segment_and_the_next_roll_reuses_it() {
                 .is_empty(),
             "the old bytes are not served"
         );
-        assert_eq!(read_all(&log).await, kept);
+        assert_eq!(read_dense(&log).await, kept);
 
         // Reopened right after the roll (a crash before any append): the recycled segment's
         // old batches do not become data.
         log.close().await.expect("close");
         let log = open_log(&path, 40 * 1024, 1).await;
         assert_eq!(log.end_offset(), new_base, "nothing appears after the roll");
-        assert_eq!(read_all(&log).await, kept);
+        assert_eq!(read_dense(&log).await, kept);
 
         // Appends overwrite the old bytes; everything reads back, before and after a reopen.
         fill(&log, tag, 10).await;
-        let all = read_all(&log).await;
+        let all = read_dense(&log).await;
         assert_eq!(all.len(), kept.len() + 10);
         assert_eq!(all[..kept.len()], kept[..]);
         let end = log.end_offset();
         log.close().await.expect("close");
         let log = open_log(&path, 40 * 1024, 1).await;
         assert_eq!(log.end_offset(), end);
-        assert_eq!(read_all(&log).await, all);
+        assert_eq!(read_dense(&log).await, all);
         // Recovery cut the active segment at its data: the old bytes past it are gone.
         let data: usize = all
             .iter()
@@ -173,7 +166,7 @@ fn the_pool_survives_a_reopen_and_a_crash_inside_a_roll() {
         let log = open_log(&path, 40 * 1024, 1).await;
         fill(&log, 0, 300).await;
         log.enforce_retention().await.expect("retention");
-        let kept = read_all(&log).await;
+        let kept = read_dense(&log).await;
         let end = log.end_offset();
         log.close().await.expect("close");
 
@@ -199,7 +192,7 @@ fn the_pool_survives_a_reopen_and_a_crash_inside_a_roll() {
         assert_eq!(log.pool_stats(), PoolStats::default());
         assert!(files_ending(&path, ".tmp").is_empty());
         assert_eq!(log.end_offset(), end);
-        assert_eq!(read_all(&log).await, kept);
+        assert_eq!(read_dense(&log).await, kept);
         // Without a pooled file the next roll creates one, as before recycling.
         log.roll().await.expect("roll");
         assert_eq!(log.pool_stats(), PoolStats::default());
@@ -232,19 +225,19 @@ fn the_pool_is_bounded_and_can_be_turned_off() {
             vec![format!("{:020}.log.free", 2), format!("{:020}.log.free", 3)]
         );
         // A roll reuses a file full of garbage (not even batches): still only new data.
-        let kept = read_all(&log).await;
+        let kept = read_dense(&log).await;
         let base = log.end_offset();
         log.roll().await.expect("roll");
         assert_eq!(log.pool_stats().reused, 1);
         fill(&log, 1000, 5).await;
-        let all = read_all(&log).await;
+        let all = read_dense(&log).await;
         assert_eq!(all.len(), kept.len() + 5);
         assert!(all[kept.len()..]
             .iter()
             .all(|b| BatchHeader::read(b).base_offset >= base));
         log.close().await.expect("close");
         let log = open_log(&path, 40 * 1024, 2).await;
-        assert_eq!(read_all(&log).await, all);
+        assert_eq!(read_dense(&log).await, all);
         log.close().await.expect("close");
     });
 }

@@ -6,10 +6,10 @@ use std::future::Future;
 use std::path::Path;
 use std::rc::Rc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use glommio::{LocalExecutorBuilder, Placement};
 use ringlog_storage::batch::build::{encode_batch, NewRecord};
-use ringlog_storage::{BatchCache, Clock, Log, LogConfig, StorageLimits};
+use ringlog_storage::{BatchCache, BatchHeader, Clock, Log, LogConfig, StorageLimits};
 
 /// Runs `f` on a fresh single-core glommio executor (not pinned) and returns its output.
 pub fn run_local<F, Fut, T>(f: F) -> T
@@ -71,4 +71,26 @@ pub fn batch(n: usize, tag: u64, value_bytes: usize) -> BytesMut {
         })
         .collect();
     encode_batch(&recs, 1_700_000_000_000 + tag as i64)
+}
+
+/// Every batch from the log start to its end, read in 64 KiB steps. A read that finds nothing
+/// ends it: compaction may remove the last records of the newest sealed segment, and the log
+/// end stays (as in Kafka).
+pub async fn read_all(log: &Log) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut at = log.start_offset();
+    while at < log.end_offset() {
+        let got = log
+            .read(at, 64 * 1024, log.end_offset())
+            .await
+            .expect("read");
+        if got.is_empty() {
+            break;
+        }
+        for b in got {
+            at = BatchHeader::read(&b).last_offset().plus(1);
+            out.push(b);
+        }
+    }
+    out
 }
