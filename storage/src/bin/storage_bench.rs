@@ -182,6 +182,12 @@ fn parse_args() -> Result<Args, String> {
         // One segment holds the whole run, like fio's one preallocated file: no roll is timed.
         default_segment.max((total_bytes + (2 << 20)).next_multiple_of(1 << 20))
     });
+    if segment_bytes.max(latency_segment_bytes) > u32::MAX as u64 {
+        // A segment's index holds u32 byte positions (the broker caps segment.bytes at 2 GiB).
+        return Err(
+            "a segment must stay below 4 GiB: lower --total-bytes or --segment-bytes".into(),
+        );
+    }
     if batch_bytes < 128 || batch_bytes as u64 > latency_segment_bytes.min(segment_bytes) / 2 {
         return Err(
             "--batch-bytes must be at least 128 and at most half of --segment-bytes".into(),
