@@ -687,28 +687,18 @@ impl Log {
     async fn next_segment_file(&self, path: &Path) -> Result<(Rc<DmaFile>, Rc<DmaFile>, u64)> {
         let want = self.initial_preallocation(0);
         let pooled = self.pool.borrow_mut().pop_unused();
-        if let Some((f, size)) = match pooled {
+        let reused = match pooled {
             Some(p) => crate::recycle::reuse(p, path).await,
             None => None,
-        } {
-            let ready = async {
-                if size < want {
-                    f.pre_allocate(want, false)
-                        .await
-                        .map_err(|e| StorageError::glommio("preallocating segment", path, e))?;
-                }
-                segment::open_write_through(path).await
-            }
-            .await;
-            match ready {
-                Ok(through) => {
+        };
+        if let Some((f, size)) = reused {
+            match ready_segment_file(f, path, size, want).await {
+                Ok((f, through)) => {
                     self.pool.borrow_mut().reused += 1;
-                    return Ok((Rc::new(f), through, size.max(want)));
+                    return Ok((f, through, size.max(want)));
                 }
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "reused segment unusable; creating a fresh one");
-                    let _ = f.close().await;
-                    file::remove_if_exists(path).await?;
+                    tracing::warn!(path = %path.display(), error = %e, "reused segment unusable; creating a fresh one")
                 }
             }
         }
@@ -750,21 +740,7 @@ impl Log {
             .dma_open(&path)
             .await
             .map_err(|e| StorageError::glommio("creating segment", &path, e))?;
-        let size = self.initial_preallocation(0);
-        if let Err(e) = f.pre_allocate(size, false).await {
-            let _ = f.close().await;
-            let _ = file::remove_if_exists(&path).await;
-            return Err(StorageError::glommio("preallocating segment", &path, e));
-        }
-        let through = match segment::open_write_through(&path).await {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = f.close().await;
-                let _ = file::remove_if_exists(&path).await;
-                return Err(e);
-            }
-        };
-        Ok((Rc::new(f), through))
+        ready_segment_file(f, &path, 0, self.initial_preallocation(0)).await
     }
 
     /// Reads whole batches starting with the one that holds `from`, stopping before offset
@@ -950,6 +926,34 @@ impl Log {
         self.flush().await?;
         self.cache.unregister(self.cache_id);
         Ok(())
+    }
+}
+
+/// Makes a new active segment's file ready: preallocated to `want` bytes when it holds fewer
+/// (`size`), with its write-through descriptor opened. On an error the file is closed and
+/// deleted.
+async fn ready_segment_file(
+    f: DmaFile,
+    path: &Path,
+    size: u64,
+    want: u64,
+) -> Result<NewSegmentFile> {
+    let ready = async {
+        if size < want {
+            f.pre_allocate(want, false)
+                .await
+                .map_err(|e| StorageError::glommio("preallocating segment", path, e))?;
+        }
+        segment::open_write_through(path).await
+    }
+    .await;
+    match ready {
+        Ok(through) => Ok((Rc::new(f), through)),
+        Err(e) => {
+            let _ = f.close().await;
+            let _ = file::remove_if_exists(path).await;
+            Err(e)
+        }
     }
 }
 
